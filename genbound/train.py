@@ -1,0 +1,288 @@
+"""One readable training loop: AdamW, warm-up + linear decay, AMP on CUDA, chains, snapshots, resume.
+
+A chain of k links splits the step budget evenly: at each boundary every adapter merges its link into
+the frozen factors, starts a fresh one, and the optimizer state of the link tensors is dropped; the
+learning-rate schedule runs on over the whole budget. The loop writes only under ``out``: resume/ while
+it runs (atomically, every ``save_every`` steps and on Ctrl-C), then the checkpoint (checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .build import Built, adapter_state, assign_state, build, parameter_counts
+from .data import Task, load_task
+from .errors import TrainingError
+from .layers import next_link
+from .methods import get_method, generator
+from .models import logits_of, resolve_ref
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in the manifest and enough to resume or rebuild it."""
+
+    model: str = "mlp"
+    data: str = "digits"
+    method: str = "lora"
+    rank: int = 16
+    alpha: float = 32.0
+    chain: int = 1
+    steps: int | None = None  # total optimizer steps; None = epochs * ceil(N / batch)
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_ratio: float | None = None  # lr_B / lr_A; None = the method's default (LoRA+: 16, others 1)
+    weight_decay: float = 0.0
+    warmup: float = 0.06  # fraction of the steps
+    clip: float = 1.0
+    eval_every: int = 0  # 0 = about 10 evaluations per run
+    eval_samples: int = 1000  # test examples used by the periodic evaluations
+    snapshot_every: int = 0  # 0 = about 20 snapshots per run
+    save_every: int = 0  # resume state; 0 = at every evaluation
+    seed: int = 0
+    targets: list[str] | None = None  # regexes over module names; None = the model's defaults
+    n_train: int | None = None
+    n_test: int | None = None
+    max_length: int = 128
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # random-init MLP only
+    device: str = "auto"
+    amp: bool = True
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda, but no CUDA device is available here")
+    return torch.device(name)
+
+
+def model_ref(cfg: TrainConfig) -> dict:
+    opts = {"hidden": cfg.hidden} if cfg.model == "mlp" else {"max_length": cfg.max_length}
+    return resolve_ref(cfg.model, **opts)
+
+
+def batch_of(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of every input; token batches are cut to their longest sequence."""
+    out = {k: v[idx] for k, v in inputs.items()}
+    if "attention_mask" in out:
+        length = int(out["attention_mask"].sum(1).max())
+        out = {k: v[:, :length] for k, v in out.items()}
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, inputs: dict, y: torch.Tensor, batch_size: int = 256,
+             limit: int | None = None) -> dict[str, float]:
+    """Mean cross-entropy and accuracy in eval mode, float32, over the first ``limit`` examples."""
+    was_training = model.training
+    model.eval()
+    n = len(y) if limit is None else min(limit, len(y))
+    loss, correct = 0.0, 0
+    for lo in range(0, n, batch_size):
+        idx = torch.arange(lo, min(lo + batch_size, n), device=y.device)
+        logits = logits_of(model, batch_of(inputs, idx)).float()
+        loss += F.cross_entropy(logits, y[idx], reduction="sum").item()
+        correct += int((logits.argmax(-1) == y[idx]).sum())
+    model.train(was_training)
+    return {"loss": loss / n, "acc": correct / n}
+
+
+def make_optimizer(built: Built, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with one group per role; LoRA+ gives B ``lr_ratio`` times A's learning rate."""
+    ratio = built.method.lr_ratio if cfg.lr_ratio is None else cfg.lr_ratio
+    groups: dict[str, list] = {"B": [], "rest": []}
+    for name, p in built.model.named_parameters():
+        if p.requires_grad:
+            groups["B" if name.endswith(("lora_B", "columns")) else "rest"].append(p)
+    spec = [{"params": groups["rest"], "lr": cfg.lr, "name": "rest"},
+            {"params": groups["B"], "lr": cfg.lr * ratio, "name": "B"}]
+    return torch.optim.AdamW([g for g in spec if g["params"]], weight_decay=cfg.weight_decay)
+
+
+def schedule(total: int, warmup: int):
+    """Linear warm-up to 1 over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return factor
+
+
+def link_boundaries(total: int, k: int) -> list[int]:
+    """Steps at which links 1..k-1 start: k links share the budget evenly."""
+    return [round(t * total / k) for t in range(1, k)]
+
+
+def reset_link_state(opt: torch.optim.Optimizer, built: Built) -> None:
+    """Drop AdamW's moments and step count for every link tensor (not for the head)."""
+    for layer in built.layers.values():
+        for p in layer.parameters(recurse=False):
+            opt.state.pop(p, None)
+
+
+class _Run:
+    """The mutable state of one run (model, optimizer, step, logs) and where it is saved."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, task: Task, built: Built, device: torch.device):
+        self.cfg, self.out, self.task, self.built, self.device = cfg, out, task, built, device
+        n = len(task.train)
+        self.per_epoch = math.ceil(n / cfg.batch_size)
+        self.total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * self.per_epoch))
+        self.eval_every = cfg.eval_every or max(1, self.total // 10)
+        self.snapshot_every = cfg.snapshot_every or max(1, self.total // 20)
+        self.save_every = cfg.save_every or self.eval_every
+        self.boundaries = link_boundaries(self.total, cfg.chain)
+        built.model.to(device)
+        self.train_in = {k: v.to(device) for k, v in built.backbone.encode(task.train).items()}
+        self.test_in = {k: v.to(device) for k, v in built.backbone.encode(task.test).items()}
+        self.y_train, self.y_test = task.train.y.to(device), task.test.y.to(device)
+        self.opt = make_optimizer(built, cfg)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, schedule(self.total, round(cfg.warmup * self.total)))
+        self.step, self.link, self.train_seconds = 0, 0, 0.0
+
+    def batch_indices(self, step: int) -> torch.Tensor:
+        epoch, pos = divmod(step, self.per_epoch)
+        perm = torch.randperm(len(self.y_train), generator=generator(self.cfg.seed, "order", epoch))
+        return perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size].to(self.device)
+
+    def save_state(self) -> None:
+        state = {"step": self.step, "link": self.link, "train_seconds": self.train_seconds,
+                 "adapter": {k: v.cpu() for k, v in adapter_state(self.built.model).items()},
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+        checkpoint.atomic_torch_save(state, self.out / "resume" / "state.pt")
+
+    def load_state(self) -> None:
+        state = torch.load(self.out / "resume" / "state.pt", map_location=self.device, weights_only=False)
+        assign_state(self.built.model, state["adapter"], "resume state")
+        self.opt = make_optimizer(self.built, self.cfg)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.optimizer = self.opt
+        self.sched.load_state_dict(state["scheduler"])
+        self.step, self.link, self.train_seconds = state["step"], state["link"], state["train_seconds"]
+
+    def train_step(self) -> float:
+        cfg, model = self.cfg, self.built.model
+        if self.step in self.boundaries:
+            self.link += 1
+            next_link(model, self.link, cfg.chain, cfg.seed)
+            reset_link_state(self.opt, self.built)
+        idx = self.batch_indices(self.step)
+        amp = cfg.amp and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = logits_of(model, batch_of(self.train_in, idx))
+        loss = F.cross_entropy(logits.float(), self.y_train[idx])
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at step {self.step} (try a lower --lr); "
+                                f"no checkpoint was written to {self.out}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return loss.item()
+
+    def log_eval(self, running: float) -> None:
+        m = evaluate(self.built.model, self.test_in, self.y_test, limit=self.cfg.eval_samples)
+        row = {"step": self.step, "link": self.link, "lr": self.sched.get_last_lr()[0],
+               "train_loss_running": running, "test_loss_subset": m["loss"], "test_acc_subset": m["acc"],
+               "eval_samples": min(self.cfg.eval_samples, len(self.y_test))}
+        checkpoint.append_jsonl(self.out / "metrics.jsonl", row)
+
+    def snapshot(self) -> None:
+        tensors = {n: p.detach().cpu() for n, p in self.built.model.named_parameters() if p.requires_grad}
+        checkpoint.save_snapshot(self.out, self.step, self.link, tensors)
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg`` into checkpoint directory ``out`` (or continue it with resume=True); return the manifest."""
+    out = Path(out)
+    if resume:
+        cfg = TrainConfig(**json.loads(checkpoint.read_text(out / "resume" / "config.json")))
+    else:
+        checkpoint.check_fresh(out)
+    get_method(cfg.method)  # unknown names fail before any data is loaded
+    device = pick_device(cfg.device)
+    task = load_task(cfg.data, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test)
+    ref = model_ref(cfg)
+    built = build(ref, task, cfg.method, cfg.rank, cfg.alpha, cfg.chain, cfg.seed, cfg.targets)
+    run = _Run(cfg, out, task, built, device)
+    if resume:
+        run.load_state()
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_text(out / "resume" / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+        run.snapshot()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bar = tqdm(total=run.total, initial=run.step, desc=f"{cfg.method} r={cfg.rank}", disable=not progress,
+               dynamic_ncols=True)
+    running, start = None, time.perf_counter()
+    try:
+        while run.step < run.total:
+            t0 = time.perf_counter()
+            loss = run.train_step()
+            run.train_seconds += time.perf_counter() - t0
+            running = loss if running is None else 0.95 * running + 0.05 * loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}", link=run.link)
+            if run.step % run.snapshot_every == 0 or run.step == run.total:
+                run.snapshot()
+            if run.step % run.eval_every == 0 or run.step == run.total:
+                run.log_eval(running)
+            if run.step % run.save_every == 0 and run.step < run.total:
+                run.save_state()
+    except KeyboardInterrupt:
+        run.save_state()
+        raise TrainingError(f"interrupted at step {run.step}/{run.total}; continue with --resume {out}") from None
+    finally:
+        bar.close()
+    final = {f"{split}_{key}": value
+             for split, (inputs, y) in {"train": (run.train_in, run.y_train), "test": (run.test_in, run.y_test)}.items()
+             for key, value in evaluate(built.model, inputs, y).items()}
+    timing = {"train_seconds": run.train_seconds, "wall_seconds_this_session": time.perf_counter() - start,
+              "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+              "device": str(device), "steps": run.total, "steps_per_link": run.boundaries}
+    manifest = checkpoint.save(out, cfg=dataclasses.asdict(cfg), built=built, task=task, ref=ref,
+                               metrics=final, timing=timing, counts=parameter_counts(built))
+    shutil.rmtree(out / "resume", ignore_errors=True)
+    return manifest
+
+
+def pretrain(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
+    """Self-pretrain a base: full training of a random-init MLP, saved as a base folder that
+    ``--model DIR`` loads (model.safetensors + genbound-base.json). The run itself stays in
+    DIR/pretrain-run (a normal checkpoint, resumable)."""
+    from .models import BASE_MANIFEST
+
+    out = Path(out)
+    if (out / BASE_MANIFEST).exists():
+        raise TrainingError(f"{out} already holds a pretrained base; choose another --out")
+    if cfg.model != "mlp":
+        raise TrainingError("genbound pretrain builds an MLP base: use --model mlp")
+    run_dir = out / "pretrain-run"
+    cfg = dataclasses.replace(cfg, method="full", chain=1)
+    if not (run_dir / checkpoint.MANIFEST).exists():
+        train(cfg, run_dir, resume=(run_dir / "resume" / "state.pt").exists(), progress=progress)
+    loaded = checkpoint.load(run_dir)
+    checkpoint.atomic_save_tensors(loaded.model.state_dict(), out / "model.safetensors")
+    meta = {"kind": "mlp", "sizes": loaded.model.sizes, "pretrained_on": loaded.manifest["task"],
+            "metrics": loaded.manifest["metrics"], "config": loaded.manifest["config"],
+            "note": "self-pretrained by genbound pretrain"}
+    checkpoint.atomic_write_text(out / BASE_MANIFEST, json.dumps(meta, indent=1))
+    return meta
