@@ -80,9 +80,15 @@ def assign_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str
             continue
         p = mod._parameters[leaf]
         if p.shape != t.shape:
-            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(t.shape)}, the model needs {tuple(p.shape)}")
+            raise CheckpointError(
+                f"{source}: tensor {name} has shape {tuple(t.shape)}, the model needs {tuple(p.shape)}")
         with torch.no_grad():
             p.copy_(t)
+    for name, layer in adapter_layers(model).items():
+        try:
+            layer.refresh()
+        except ValueError as err:
+            raise CheckpointError(f"{source}: {name}: {err}") from None
 
 
 def parameter_counts(built: Built) -> dict[str, int]:

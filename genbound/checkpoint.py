@@ -115,7 +115,8 @@ def read_manifest(ckpt: str | Path) -> dict:
     if manifest.get("format") != "genbound-checkpoint":
         raise CheckpointError(f"{path} is not a genbound manifest")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {manifest['format_version']}; this genbound reads <= {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has format version {manifest['format_version']}; this genbound reads <= {FORMAT_VERSION}")
     return manifest
 
 

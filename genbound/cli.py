@@ -11,8 +11,7 @@ import json
 import sys
 import types
 import typing
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import GenboundError
 
@@ -105,7 +104,7 @@ def cmd_export_peft(args: argparse.Namespace) -> None:
 def cmd_import_peft(args: argparse.Namespace) -> None:
     from .peft_io import import_peft
 
-    import_peft(args.adapter, args.out, method=args.method, data=args.data, seed=args.seed)
+    import_peft(args.adapter, args.out, method=args.method, data=args.data, seed=args.seed, model=args.model)
     print(f"wrote genbound checkpoint {args.out}")
 
 
@@ -128,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("import-peft", "turn a PEFT LoRA adapter folder into a genbound checkpoint", cmd_import_peft,
          lambda p: (p.add_argument("--adapter", required=True), p.add_argument("--out", required=True),
                     p.add_argument("--method", default="lora", help="what PEFT cannot record (lora_plus, asym, ...)"),
-                    p.add_argument("--data", required=True), p.add_argument("--seed", type=int, default=0))),
+                    p.add_argument("--data", required=True), p.add_argument("--seed", type=int, default=0),
+                    p.add_argument("--model", help="the base (default: the adapter's base_model_name_or_path)"))),
     ]
     for name, help_, func, add in commands:
         p = sub.add_parser(name, help=help_, description=help_)

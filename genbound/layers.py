@@ -110,6 +110,25 @@ class AdapterLinear(nn.Module):
         self.lora_B.zero_()
 
     @torch.no_grad()
+    def refresh(self) -> None:
+        """After tensors were loaded: check the link tensors fit this layer (ValueError otherwise) and
+        re-derive PaCA's W0 columns from the loaded idx (never from a re-drawn selector)."""
+        n, m, r = self.out_features, self.in_features, self.r
+        K = self.frozen_B.shape[1]
+        if self.frozen_B.shape[0] != n or K % r:
+            raise ValueError(f"frozen_B has shape {tuple(self.frozen_B.shape)}, expected ({n}, a multiple of {r})")
+        if self.dense_link:
+            if tuple(self.frozen_A.shape) != (K, m):
+                raise ValueError(f"frozen_A has shape {tuple(self.frozen_A.shape)}, expected ({K}, {m})")
+            return
+        for key, size in (("idx", r), ("frozen_idx", K)):
+            t = getattr(self, key)
+            if t.shape != (size,) or (size and not 0 <= int(t.min()) <= int(t.max()) < m):
+                raise ValueError(f"{key} must hold {size} column indices in [0, {m})")
+        if self.method.link == COLUMNS:
+            self.w0_cols = self.weight.detach()[:, self.idx].to(self.w0_cols.dtype).clone()
+
+    @torch.no_grad()
     def merged(self) -> nn.Linear:
         """A plain nn.Linear with weight W0 + dW (for export and for the merged-equals-unmerged check)."""
         out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)

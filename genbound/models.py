@@ -97,7 +97,8 @@ def _quiet_transformers() -> None:
 
 
 def _hf_backbone(ref: dict, num_classes: int, seed: int) -> Backbone:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                              BertForSequenceClassification)
 
     _quiet_transformers()
     torch.manual_seed(seed)  # the new head's initialisation

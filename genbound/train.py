@@ -216,6 +216,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         cfg = TrainConfig(**json.loads(checkpoint.read_text(out / "resume" / "config.json")))
     else:
         checkpoint.check_fresh(out)
+        if Path(cfg.data).suffix in (".csv", ".jsonl"):  # a data file is recorded by its absolute path
+            cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
     get_method(cfg.method)  # unknown names fail before any data is loaded
     device = pick_device(cfg.device)
     task = load_task(cfg.data, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test)

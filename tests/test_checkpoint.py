@@ -123,3 +123,13 @@ def test_reload_on_cuda_reproduces_the_test_loss(ckpt):
     inputs = {k: v.cuda() for k, v in loaded.built.backbone.encode(loaded.task.test).items()}
     m = evaluate(loaded.model, inputs, loaded.task.test.y.cuda())
     assert m["loss"] == pytest.approx(loaded.manifest["metrics"]["test_loss"], rel=1e-4)
+
+
+def test_selector_indices_out_of_range_are_refused(two_bases, tmp_path):
+    out = tmp_path / "rcla"
+    train(TrainConfig(**TINY, model=str(two_bases[0]), method="rcla"), out, progress=False)
+    tensors = load_file(str(out / checkpoint.ADAPTER))
+    tensors["hidden.1.idx"][0] = 16  # hidden.1 has 16 input columns: 0..15
+    save_file(tensors, str(out / checkpoint.ADAPTER))
+    with pytest.raises(CheckpointError, match=r"hidden.1: idx must hold 4 column indices in \[0, 16\)"):
+        checkpoint.load(out)
