@@ -11,6 +11,7 @@ import json
 import sys
 import types
 import typing
+from pathlib import Path
 from collections.abc import Callable
 
 from .errors import GenboundError
@@ -30,7 +31,9 @@ TRAIN_HELP = {
     "targets": "regexes over module names to adapt (default: query/value of each layer; every hidden Linear of an MLP)",
     "n_train": "training examples (default: the task's)", "n_test": "test examples (default: the task's)",
     "max_length": "token limit for text", "hidden": "hidden sizes of a random-init MLP",
-    "device": "auto | cpu | cuda", "amp": "bf16 autocast on CUDA",
+    "device": "auto | cpu | cuda", "amp": "bf16 autocast on CUDA", "batch_size": "examples per step",
+    "lr": "AdamW learning rate (A, head; B gets lr * lr_ratio)", "weight_decay": "AdamW weight decay",
+    "seed": "run seed: head init, random A, random selectors, data order, splits",
 }
 
 
@@ -67,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise GenboundError("train needs --out DIR (or --resume DIR)")
         man = train(config_from(args, TrainConfig), args.out, progress=not args.quiet)
     print_metrics(man)
+    write_json(args.json, man)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -81,10 +85,18 @@ def cmd_info(args: argparse.Namespace) -> None:
     from .checkpoint import read_manifest
 
     man = read_manifest(args.ckpt)
-    if args.json:
-        print(json.dumps(man, indent=1))
-    else:
-        print_metrics(man)
+    print_metrics(man)
+    write_json(args.json, man)
+
+
+def write_json(path: str | None, obj: dict) -> None:
+    """--json FILE: the command's result as JSON ('-' = stdout); the manifest carries format_version."""
+    if path == "-":
+        print(json.dumps(obj, indent=1))
+    elif path:
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(obj, indent=1))
 
 
 def print_metrics(man: dict) -> None:
@@ -121,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("pretrain", "self-pretrain an MLP base (full training) into DIR", cmd_pretrain,
          lambda p: (add_dataclass_options(p, TrainConfig, TRAIN_HELP), p.add_argument("--out", required=True))),
         ("info", "print a checkpoint's manifest summary", cmd_info,
-         lambda p: (p.add_argument("--ckpt", required=True), p.add_argument("--json", action="store_true"))),
+         lambda p: p.add_argument("--ckpt", required=True)),
         ("export-peft", "write a LoRA-shaped checkpoint as a PEFT adapter folder", cmd_export_peft,
          lambda p: (p.add_argument("--ckpt", required=True), p.add_argument("--out", required=True))),
         ("import-peft", "turn a PEFT LoRA adapter folder into a genbound checkpoint", cmd_import_peft,
@@ -131,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                     p.add_argument("--model", help="the base (default: the adapter's base_model_name_or_path)"))),
     ]
     for name, help_, func, add in commands:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add(p)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-' = stdout)")
         p.set_defaults(func=func)
     return parser
 
