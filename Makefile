@@ -1,6 +1,6 @@
 # make setup: a virtual environment in .venv with CPU torch first (so nothing pulls a CUDA build),
 #             then genbound with its test and optional libraries, then the Debian data packages.
-# make demo:  pretrain the MLP on Fashion-MNIST, fine-tune it on MNIST-5k with lora, cla and c3la.
+# make demo:  pretrain the MLP on Fashion-MNIST, fine-tune it on MNIST-5k with lora, cla, rcla and c3la.
 # make test:  the CPU test suite (slow and GPU tests are marked and skipped).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -29,14 +29,14 @@ data:
 demo: setup
 	test -f $(DEMO)/base-mlp/genbound-base.json || $(BIN)/genbound pretrain --model mlp --data fashion-mnist \
 	    --hidden 256 256 --epochs 2 --batch-size 128 --lr 2e-3 --quiet --out $(DEMO)/base-mlp
-	@for m in lora cla c3la; do \
+	@for m in lora cla rcla c3la; do \
 	  k=1; [ $$m = c3la ] && k=3; \
 	  test -f $(DEMO)/$$m/genbound.json || $(BIN)/genbound train --model $(DEMO)/base-mlp --data mnist-5k \
 	    --method $$m --rank 8 --alpha 16 --chain $$k --epochs 5 --batch-size 64 --lr 3e-3 --quiet \
 	    --out $(DEMO)/$$m || exit 1; \
 	done
 	@echo; echo "fine-tuned on mnist-5k from the self-pretrained MLP ($(DEMO)):"
-	@for m in lora cla c3la; do $(BIN)/genbound info --ckpt $(DEMO)/$$m; done
+	@for m in lora cla rcla c3la; do $(BIN)/genbound info --ckpt $(DEMO)/$$m; done
 
 test: setup
 	$(PY) -m pytest -q
