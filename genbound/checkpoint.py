@@ -129,24 +129,31 @@ class Loaded:
     device: torch.device
 
 
-def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None = None) -> Loaded:
-    """Rebuild the fine-tuned model of a checkpoint (eval mode, on ``device``) with its task's data.
-
-    ``base`` points at the base model when it has moved (its sha256 must still match)."""
+def build_from_manifest(man: dict, task: Task, base: str | None = None) -> Built:
+    """The model of a manifest as it was at step 0 (fresh head and links from the seed), base checked."""
     from .models import resolve_ref
 
-    ckpt = Path(ckpt)
-    man = read_manifest(ckpt)
     cfg, meth = man["config"], man["method"]
-    task = load_task(cfg["data"], seed=cfg["seed"], n_train=cfg["n_train"], n_test=cfg["n_test"])
     ref = {k: v for k, v in man["base"].items() if k not in ("sha256", "head")}
     if base is not None:
         ref = {**{k: v for k, v in ref.items() if k not in ("kind", "name", "path")}, **resolve_ref(base)}
     built = build(ref, task, meth["name"], meth["rank"], meth["alpha"], meth["chain_k"], man["seed"],
                   cfg["targets"])
     if built.backbone.sha256 != man["base"]["sha256"]:
-        raise CheckpointError(f"{ckpt} was trained on a different base model (sha256 {man['base']['sha256'][:12]}..., "
-                              f"this base has {built.backbone.sha256[:12]}...)")
+        raise CheckpointError(f"the checkpoint was trained on a different base model (sha256 "
+                              f"{man['base']['sha256'][:12]}..., this base has {built.backbone.sha256[:12]}...)")
+    return built
+
+
+def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None = None) -> Loaded:
+    """Rebuild the fine-tuned model of a checkpoint (eval mode, on ``device``) with its task's data.
+
+    ``base`` points at the base model when it has moved (its sha256 must still match)."""
+    ckpt = Path(ckpt)
+    man = read_manifest(ckpt)
+    cfg = man["config"]
+    task = load_task(cfg["data"], seed=cfg["seed"], n_train=cfg["n_train"], n_test=cfg["n_test"])
+    built = build_from_manifest(man, task, base)
     try:
         tensors = load_file(str(ckpt / ADAPTER))
     except (SafetensorError, OSError, ValueError) as err:

@@ -37,8 +37,9 @@ TRAIN_HELP = {
 }
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, help_: dict[str, str]) -> None:
-    """One --option per dataclass field, typed from its annotation."""
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, help_: dict[str, str],
+                          types_: dict[str, Callable] | None = None) -> None:
+    """One --option per dataclass field, typed from its annotation (or ``types_[name]``)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -52,8 +53,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, help_: dic
             parser.add_argument(flag, nargs="+", type=typing.get_args(base)[0], default=default,
                                 help=help_.get(f.name))
         else:
-            parser.add_argument(flag, type=base, default=default, help=help_.get(f.name),
-                                metavar=f.name.upper())
+            parser.add_argument(flag, type=(types_ or {}).get(f.name, base), default=default,
+                                help=help_.get(f.name), metavar=f.name.upper())
 
 
 def config_from(args: argparse.Namespace, cls: type):
@@ -106,6 +107,61 @@ def print_metrics(man: dict) -> None:
           f"acc {m['test_acc']:.4f} | {man['timing']['train_seconds']:.1f}s")
 
 
+COMPUTE_HELP = {
+    "loss": "01 or ce (ce needs --smoothing or --clip to be bounded)", "bits": "q, bits per stored number",
+    "sigma": "sub-Gaussian parameter: auto (from the loss) or a value", "smoothing": "prediction smoothing a",
+    "clip": "clip the cross-entropy at M", "delta": "confidence 1 - delta of the Occam bound",
+    "block_lipschitz": "transformers: assumed Lipschitz constant of each block (Theorem 1)",
+    "compress": "quantize + entropy-code the trained numbers and report the Occam bound",
+    "compress_bits": "quantization bits tried", "schemes": "uniform and/or kmeans",
+    "hyper_settings": "training configurations tried (log2 is charged to the code)",
+    "seed_bits": "bits charged for the run seed", "base_gap": "also measure the gap before fine-tuning",
+    "batch_size": "evaluation batch size",
+}
+
+
+def _sigma(text: str) -> float | None:
+    return None if text == "auto" else float(text)
+
+
+def cmd_compute(args: argparse.Namespace) -> None:
+    from .checkpoint import load
+    from .compute import ComputeOptions, compute, render
+    from .train import pick_device
+
+    ckpt = resolve_ckpt(args)
+    loaded = load(ckpt, device=pick_device(args.device), base=args.base)
+    result = compute(loaded, config_from(args, ComputeOptions), base=args.base)
+    print(render(result))
+    write_json(args.json, result)
+
+
+def resolve_ckpt(args: argparse.Namespace) -> str:
+    """A genbound checkpoint as given, or a PEFT adapter folder imported into DIR/genbound (needs --data)."""
+    folder = Path(args.ckpt)
+    if (folder / "genbound.json").is_file() or not (folder / "adapter_config.json").is_file():
+        return args.ckpt
+    from .peft_io import import_peft
+
+    target = folder / "genbound"
+    if not (target / "genbound.json").is_file():
+        if not args.data:
+            raise GenboundError(f"{folder} is a PEFT adapter folder: give --data (and --method) to evaluate it")
+        import_peft(folder, target, method=args.method, data=args.data, seed=args.seed, model=args.model)
+    return str(target)
+
+
+def analysis_options(p: argparse.ArgumentParser) -> None:
+    """Options every analysis of a checkpoint takes."""
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (or a PEFT adapter folder with --data)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--base", help="where the base model is now, when it has moved (its sha256 must match)")
+    p.add_argument("--method", default="lora", help="PEFT folders: what PEFT cannot record (lora_plus, asym, ...)")
+    p.add_argument("--data", help="PEFT folders: the task to evaluate on")
+    p.add_argument("--model", help="PEFT folders: the base model (default: the adapter's)")
+    p.add_argument("--seed", type=int, default=0, help="PEFT folders: the split seed")
+
+
 def cmd_export_peft(args: argparse.Namespace) -> None:
     from .peft_io import export_peft
 
@@ -121,6 +177,7 @@ def cmd_import_peft(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .compute import ComputeOptions
     from .train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="genbound", description=__doc__.splitlines()[0])
@@ -134,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
          lambda p: (add_dataclass_options(p, TrainConfig, TRAIN_HELP), p.add_argument("--out", required=True))),
         ("info", "print a checkpoint's manifest summary", cmd_info,
          lambda p: p.add_argument("--ckpt", required=True)),
+        ("compute", "generalization gap, the paper's bound, Theorem 1's terms and a compression bound", cmd_compute,
+         lambda p: (analysis_options(p), add_dataclass_options(p, ComputeOptions, COMPUTE_HELP, {"sigma": _sigma}))),
         ("export-peft", "write a LoRA-shaped checkpoint as a PEFT adapter folder", cmd_export_peft,
          lambda p: (p.add_argument("--ckpt", required=True), p.add_argument("--out", required=True))),
         ("import-peft", "turn a PEFT LoRA adapter folder into a genbound checkpoint", cmd_import_peft,

@@ -90,6 +90,10 @@ def load_task(name: str, *, seed: int = 0, n_train: int | None = None, n_test: i
             raise DataError(f"{label} must be a positive integer, got {n!r}")
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction!r}")
+    if "@" in name and not name.lower().endswith((".csv", ".jsonl")):
+        base, _, spec = name.rpartition("@")
+        return _class_subset(load_task(base, seed=seed, test_fraction=test_fraction), name, spec, seed,
+                             n_train, n_test)
     if name == "wordnet":
         return _load_wordnet(seed, n_train, n_test)
     if name == "fashion-mnist":
@@ -106,6 +110,40 @@ def load_task(name: str, *, seed: int = 0, n_train: int | None = None, n_test: i
         return _load_text_file(Path(name).expanduser(), name, seed, n_train, n_test, test_fraction)
     raise DataError(f"unknown task {name!r}: known tasks are {', '.join(TASKS)}, "
                     "or a path to a .csv/.jsonl file with columns text and label")
+
+
+def _parse_classes(spec: str, name: str) -> list[int]:
+    """'5-9' -> [5, 6, 7, 8, 9]; '0,2,4' -> [0, 2, 4]."""
+    try:
+        if "-" in spec:
+            lo, hi = (int(v) for v in spec.split("-"))
+            classes = list(range(lo, hi + 1))
+        else:
+            classes = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise DataError(f"task {name!r}: after '@' give classes as LO-HI or a,b,c (e.g. fashion-mnist@5-9)") from None
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise DataError(f"task {name!r}: a class subset needs at least two distinct classes")
+    return classes
+
+
+def _class_subset(task: Task, name: str, spec: str, seed: int, n_train: int | None, n_test: int | None) -> Task:
+    """The examples of some classes of ``task`` (its default pools), relabelled 0..K'-1: a different task
+    on the same kind of inputs (e.g. pretrain on fashion-mnist@0-4, fine-tune on fashion-mnist@5-9)."""
+    classes = _parse_classes(spec, name)
+    if max(classes) >= task.num_classes or min(classes) < 0:
+        raise DataError(f"task {name!r}: classes must lie in 0..{task.num_classes - 1}")
+    relabel = torch.full((task.num_classes,), -1, dtype=torch.long)
+    relabel[classes] = torch.arange(len(classes))
+    rng = np.random.default_rng([seed, 7])
+    splits = []
+    for split, n, what in ((task.train, n_train, "n_train"), (task.test, n_test, "n_test")):
+        keep = np.flatnonzero((relabel[split.y] >= 0).numpy())
+        keep = keep[_take(len(keep), n, what, name, rng)]
+        x = [split.x[i] for i in keep] if isinstance(split.x, list) else split.x[torch.from_numpy(keep)]
+        splits.append(Split(x, relabel[split.y[torch.from_numpy(keep)]]))
+    info = {**task.info, "classes": classes, "n_train": len(splits[0]), "n_test": len(splits[1])}
+    return Task(name, task.kind, len(classes), splits[0], splits[1], [task.class_names[c] for c in classes], info)
 
 
 # ----------------------------------------------------------------------------- sampling

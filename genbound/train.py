@@ -84,20 +84,23 @@ def batch_of(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, to
 
 
 @torch.no_grad()
+def predict(model: torch.nn.Module, inputs: dict, n: int, batch_size: int = 256) -> torch.Tensor:
+    """Float32 logits of the first ``n`` examples, in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    device = next(iter(inputs.values())).device
+    out = [logits_of(model, batch_of(inputs, torch.arange(lo, min(lo + batch_size, n), device=device))).float()
+           for lo in range(0, n, batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
 def evaluate(model: torch.nn.Module, inputs: dict, y: torch.Tensor, batch_size: int = 256,
              limit: int | None = None) -> dict[str, float]:
     """Mean cross-entropy and accuracy in eval mode, float32, over the first ``limit`` examples."""
-    was_training = model.training
-    model.eval()
     n = len(y) if limit is None else min(limit, len(y))
-    loss, correct = 0.0, 0
-    for lo in range(0, n, batch_size):
-        idx = torch.arange(lo, min(lo + batch_size, n), device=y.device)
-        logits = logits_of(model, batch_of(inputs, idx)).float()
-        loss += F.cross_entropy(logits, y[idx], reduction="sum").item()
-        correct += int((logits.argmax(-1) == y[idx]).sum())
-    model.train(was_training)
-    return {"loss": loss / n, "acc": correct / n}
+    logits = predict(model, inputs, n, batch_size)
+    return {"loss": F.cross_entropy(logits, y[:n]).item(), "acc": int((logits.argmax(-1) == y[:n]).sum()) / n}
 
 
 def make_optimizer(built: Built, cfg: TrainConfig) -> torch.optim.AdamW:

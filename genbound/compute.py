@@ -1,0 +1,242 @@
+"""`genbound compute`: measured gaps, the paper's bound, Theorem 1's terms and a compression bound for one
+checkpoint (THEORY.md sections 2-5). ``compute(loaded, options)`` returns a JSON-able dict; ``render`` prints it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import bounds
+from .build import Built, parameter_counts
+from .checkpoint import Loaded, build_from_manifest
+from .errors import GenboundError
+from .layers import AdapterLinear
+from .spectra import spectral_norm, update_singular_values
+from .train import predict
+
+SCHEMA = "genbound.compute/1"
+
+
+@dataclass
+class ComputeOptions:
+    loss: str = "01"  # the loss the MI bound is stated for: 01 or ce (needs smoothing or clip)
+    bits: float = 32  # q: bits per stored trainable number
+    sigma: float | None = None  # override the sub-Gaussian parameter
+    smoothing: float | None = None  # prediction smoothing a (bounds CE by ln(K/a))
+    clip: float | None = None  # clip CE at M
+    delta: float = 0.05  # confidence of the Occam bound
+    block_lipschitz: float = 1.0  # transformers: assumed Lipschitz constant of each block between adapted matrices
+    compress: bool = False
+    compress_bits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8])
+    schemes: list[str] = field(default_factory=lambda: ["uniform", "kmeans"])
+    qat_steps: int = 0  # quantization-aware fine-tune steps per grid point (straight-through estimator)
+    qat_lr: float = 1e-3
+    hyper_settings: int = 1  # training configurations tried before this one (log2 of it is added to the code)
+    seed_bits: int = 32  # the run seed (head init, random A, selectors) is part of the message
+    base_gap: bool = True  # also measure G(W0), the gap of the model before fine-tuning
+    batch_size: int = 256
+
+
+# ---- measured (section 2) -------------------------------------------------------------------------------
+def losses(logits: torch.Tensor, y: torch.Tensor, smoothing: float | None, clip: float | None) -> dict[str, float]:
+    """Mean CE, 0-1 error, and the bounded CE (smoothed or clipped) the CE bounds speak of."""
+    ce = F.cross_entropy(logits, y, reduction="none")
+    if smoothing is not None:
+        p = (1 - smoothing) * logits.softmax(-1) + smoothing / logits.shape[-1]
+        bounded = -p.gather(1, y[:, None]).squeeze(1).log()
+    elif clip is not None:
+        bounded = ce.clamp(max=clip)
+    else:
+        bounded = ce
+    return {"ce": ce.mean().item(), "err": (logits.argmax(-1) != y).double().mean().item(),
+            "ce_bounded": bounded.mean().item()}
+
+
+# ---- Theorem 1 inputs (section 4) ------------------------------------------------------------------------
+def _linear_names(built: Built) -> list[str]:
+    """The composition's matrices in order: the adapted (or, for full/head, the default target) matrices,
+    then the head's Linear layers."""
+    model = built.model
+    inner = built.targets or built.backbone.targets
+    head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+            and any(n == h or n.startswith(h + ".") for h in built.backbone.head)]
+    return [*inner, *head]
+
+
+def _augment(w: torch.Tensor, b: torch.Tensor | None, last: bool) -> torch.Tensor:
+    """[[W b], [0 1]] (or [W b] for the last layer): an affine ReLU layer as a linear one on [x; 1]."""
+    w = w.detach().double()
+    if b is None:
+        return w
+    top = torch.cat([w, b.detach().double()[:, None]], 1)
+    if last:
+        return top
+    bottom = torch.zeros(1, top.shape[1], dtype=top.dtype, device=top.device)
+    bottom[0, -1] = 1.0
+    return torch.cat([top, bottom], 0)
+
+
+def matrix_norms(loaded: Loaded, init: Built) -> list[dict]:
+    """Per matrix of the composition: n, m, ||W0||_2 and ||dW||_2 (exact; from the factors for adapters).
+    W0 is the weight before fine-tuning (the pretrained matrix or the fresh head). On the MLP, biases are
+    folded in exactly as [[W b], [0 1]]; on transformers they are not (part of the stated assumptions)."""
+    mlp = loaded.built.backbone.kind == "mlp"
+    names = _linear_names(loaded.built)
+    out = []
+    for i, name in enumerate(names):
+        mod, start = loaded.model.get_submodule(name), init.model.get_submodule(name)
+        last, use_b = i == len(names) - 1, mlp
+        if isinstance(mod, AdapterLinear):
+            w0 = _augment(mod.weight, mod.bias if use_b else None, last)
+            norm_dw = float(update_singular_values(mod)[0]) if mod.r else 0.0
+        else:
+            w0 = _augment(start.weight, start.bias if use_b else None, last)
+            dw = _augment(mod.weight - start.weight.to(mod.weight.device),
+                          (mod.bias - start.bias.to(mod.bias.device)) if use_b and mod.bias is not None else None,
+                          True)
+            norm_dw = spectral_norm(dw)
+        out.append({"name": name, "n": mod.weight.shape[0], "m": mod.weight.shape[1],
+                    "norm_w0": spectral_norm(w0), "norm_dw": norm_dw})
+    return out
+
+
+def input_radius(loaded: Loaded, inputs: dict[str, torch.Tensor], batch_size: int) -> tuple[float, str]:
+    """C: the largest input norm the composition sees (MLP: max ||[x; 1]||_2 over train and test inputs;
+    transformers: max token norm of the embedding output over the training split)."""
+    if loaded.built.backbone.kind == "mlp":
+        x = torch.cat([inputs["train"]["x"], inputs["test"]["x"]]).double()
+        return math.sqrt(float(x.norm(dim=1).max()) ** 2 + 1), "max ||[x; 1]||_2 over train and test inputs"
+    emb = getattr(loaded.model.base_model, "embeddings", None) or loaded.model.get_input_embeddings()
+    best = [0.0]
+    hook = emb.register_forward_hook(lambda m, i, o: best.__setitem__(0, max(best[0], float(o.norm(dim=-1).max()))))
+    try:
+        predict(loaded.model, inputs["train"], len(next(iter(inputs["train"].values()))), batch_size)
+    finally:
+        hook.remove()
+    return best[0], "max token norm of the embedding output over the training split"
+
+
+def theorem1(loaded: Loaded, init: Built, inputs: dict, opts: ComputeOptions) -> dict:
+    mats = matrix_norms(loaded, init)
+    a, d = [m["norm_w0"] for m in mats], [m["norm_dw"] for m in mats]
+    C, c_source = input_radius(loaded, inputs, opts.batch_size)
+    L = len(mats)
+    if loaded.built.backbone.kind == "mlp":
+        lips, assumptions = [1.0] * L, ("exact: ReLU MLP (L_l = 1, c_l = 0, last layer identity), biases folded in "
+                                       f"as [[W b],[0 1]], L_loss = sqrt(2) for CE w.r.t. logits, C = {c_source}")
+    else:
+        lips = [opts.block_lipschitz] * L
+        assumptions = (f"UNDER ASSUMPTIONS: the network is treated as the composition of its {L} adapted/head "
+                       f"matrices in order, each block between them {opts.block_lipschitz:g}-Lipschitz "
+                       f"(--block-lipschitz) with c_l = 0, biases and LayerNorm parameters inside the blocks; "
+                       f"L_loss = sqrt(2); C = {c_source}")
+    zeros = [0.0] * (L - 1)
+    log_dw = bounds.log10_phi(a, d, C, lips, zeros)
+    log_w0 = bounds.log10_phi(d, a, C, lips, zeros)
+    return {"matrices": mats, "C": C, "log10_phi_dw": log_dw, "log10_phi_w0": log_w0,
+            "phi_dw": bounds.finite_or_none(log_dw), "phi_w0": bounds.finite_or_none(log_w0),
+            "theorem1_assumptions": assumptions}
+
+
+# ---- the analysis ----------------------------------------------------------------------------------------
+def compute(loaded: Loaded, opts: ComputeOptions, base: str | None = None) -> dict:
+    """Every number of `genbound compute` for one loaded checkpoint."""
+    task, man, model, dev = loaded.task, loaded.manifest, loaded.model, loaded.device
+    if len(task.test) == 0 or len(task.train) == 0:
+        raise GenboundError("the checkpoint's task has no train or test examples to measure the gap on")
+    sigma, sigma_source = bounds.sigma_of(opts.loss, task.num_classes, opts.smoothing, opts.clip, opts.sigma)
+    enc = loaded.built.backbone.encode
+    inputs = {s: {k: v.to(dev) for k, v in enc(getattr(task, s)).items()} for s in ("train", "test")}
+    ys = {s: getattr(task, s).y.to(dev) for s in ("train", "test")}
+    m = {s: losses(predict(model, inputs[s], len(ys[s]), opts.batch_size), ys[s], opts.smoothing, opts.clip)
+         for s in ("train", "test")}
+    saved = man["metrics"]
+    agrees = (abs(m["test"]["ce"] - saved["test_loss"]) <= 1e-3 * max(1.0, saved["test_loss"])
+              and abs((1 - m["test"]["err"]) - saved["test_acc"]) <= 1e-3)
+    n_train = len(task.train)
+    counts = parameter_counts(loaded.built)
+    meth = man["method"]
+    init = build_from_manifest(man, task, base)
+    init.model.to(dev).eval()
+    out = {
+        "schema": SCHEMA, "checkpoint": man.get("created"), "method": meth["name"], "rank": meth["rank"],
+        "alpha": meth["alpha"], "chain_k": meth["chain_k"], "n_train": n_train, "n_test": len(task.test),
+        "loss": opts.loss, "bits": opts.bits, "sigma": sigma, "sigma_source": sigma_source,
+        "params_paper": counts["paper"], "params_full": counts["full"],
+        "mi_term_paper": bounds.mi_term(counts["paper"], n_train, opts.bits, sigma),
+        "mi_term_full": bounds.mi_term(counts["full"], n_train, opts.bits, sigma),
+        "train_loss": m["train"]["ce"], "test_loss": m["test"]["ce"],
+        "train_err": m["train"]["err"], "test_err": m["test"]["err"],
+        "gap_ce": m["test"]["ce"] - m["train"]["ce"], "gap_01": m["test"]["err"] - m["train"]["err"],
+        "gap_ce_bounded": m["test"]["ce_bounded"] - m["train"]["ce_bounded"],
+        "matches_manifest": agrees, "options": asdict(opts),
+    }
+    out.update(theorem1(loaded, init, inputs, opts))
+    if opts.base_gap:
+        base_m = {s: losses(predict(init.model, inputs[s], len(ys[s]), opts.batch_size), ys[s], opts.smoothing,
+                            opts.clip) for s in ("train", "test")}
+        out["gap_ce_base"] = base_m["test"]["ce"] - base_m["train"]["ce"]
+        out["gap_01_base"] = base_m["test"]["err"] - base_m["train"]["err"]
+    if opts.loss == "ce":
+        # G(W0) <= MI bound with I(S; W0) = 0 (W0 is fixed before S is drawn); G(dW) <= the full-count MI term.
+        log_a = out["log10_phi_dw"]
+        log_b = bounds._log10_sum([math.log10(out["mi_term_full"]), out["log10_phi_w0"]])
+        out["log10_theorem1_bound"] = min(log_a, log_b)
+        out["theorem1_bound"] = bounds.finite_or_none(out["log10_theorem1_bound"])
+    else:
+        out["log10_theorem1_bound"], out["theorem1_bound"] = None, None
+        out["theorem1_note"] = "the 0-1 loss is not Lipschitz: Theorem 1's total needs --loss ce; Phi is for CE"
+    if opts.compress:
+        from .occam import compression
+
+        out["compress"] = compression(loaded, init, inputs, ys, opts)
+    return out
+
+
+def _num(x: float | None, log10: float | None = None) -> str:
+    if x is None:
+        return f"10^{log10:.1f}" if log10 is not None else "n/a"
+    return f"{x:.4g}"
+
+
+def render(r: dict) -> str:
+    """The readable table of one compute result."""
+    lines = [
+        f"{r['method']}  r={r['rank']} alpha={r['alpha']:g} k={r['chain_k']}   N={r['n_train']} train / "
+        f"{r['n_test']} test",
+        "measured (eval mode, full splits)",
+        f"  train CE {r['train_loss']:.4f}  err {r['train_err']:.4f} | test CE {r['test_loss']:.4f}  "
+        f"err {r['test_err']:.4f} | gap CE {r['gap_ce']:.4f}  gap 0-1 {r['gap_01']:.4f}"
+        + ("" if r["matches_manifest"] else "   (DIFFERS from the manifest)"),
+    ]
+    if "gap_ce_base" in r:
+        lines.append(f"  before fine-tuning: gap CE {r['gap_ce_base']:.4f}  gap 0-1 {r['gap_01_base']:.4f}")
+    lines += [
+        f"paper bound, loss {r['loss']}: sqrt(2 q sigma^2 ln2 D / N), q={r['bits']:g}, sigma={r['sigma']:.4g} "
+        f"({r['sigma_source']})",
+        f"  D paper {r['params_paper']:,} -> {r['mi_term_paper']:.4g}   D full {r['params_full']:,} -> "
+        f"{r['mi_term_full']:.4g}",
+        f"Theorem 1 (C = {r['C']:.4g}); {r['theorem1_assumptions']}",
+        f"  {'matrix':<44}{'n x m':>12}{'||W0||_2':>12}{'||dW||_2':>12}",
+    ]
+    lines += [f"  {m['name']:<44}{str(m['n']) + ' x ' + str(m['m']):>12}{m['norm_w0']:>12.4g}{m['norm_dw']:>12.4g}"
+              for m in r["matrices"]]
+    lines.append(f"  Phi_dW {_num(r['phi_dw'], r['log10_phi_dw'])} (log10 {r['log10_phi_dw']:.2f})   Phi_W0 "
+                 f"{_num(r['phi_w0'], r['log10_phi_w0'])} (log10 {r['log10_phi_w0']:.2f})")
+    if r["log10_theorem1_bound"] is not None:
+        lines.append(f"  bound min(G(W0) + Phi_dW, G(dW) + Phi_W0) = "
+                     f"{_num(r['theorem1_bound'], r['log10_theorem1_bound'])}")
+    else:
+        lines.append(f"  {r['theorem1_note']}")
+    if "compress" in r:
+        c = r["compress"]
+        lines += [f"compression (Occam, delta={c['delta']}): best {c['scheme']} {c['bits']}-bit code of "
+                  f"{c['numbers']:,} numbers = {c['code_bits']:,.0f} bits ({c['code_bits'] / c['numbers']:.3f}/number)",
+                  f"  quantized: train err {c['train_err_q']:.4f}  test err {c['test_err_q']:.4f}  ->  "
+                  f"bound on test error {c['occam_bound']:.4f}   (MI form, an estimate: {c['mi_estimate_01']:.4g})"]
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""The compression (Occam) bound of a checkpoint (THEORY.md section 5a).
+
+The trained numbers are coded as deltas from values the decoder knows before training (B = 0, A and the
+head from the run seed, W0 from the base), quantized and range coded by ``genbound.compress``; the bound
+is evaluated on the QUANTIZED model, whose train error enters kl(err_train || err) <= (K ln2 + ln(1/delta))/N.
+An optional quantization-aware fine-tune (straight-through estimator, on the training split only) may run
+before coding: the hypothesis is still chosen from the training data, so the bound stays valid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from . import bounds
+from .build import Built, adapter_state
+from .checkpoint import Loaded
+from .compress import encode, quantize
+from .layers import link_init
+from .train import batch_of, predict
+
+def trained_deltas(loaded: Loaded, init: Built) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (final value, value before training) for every number training changed. The decoder knows
+    the initial values: B = 0, A and the head from the seed, W0 from the base."""
+    method, built = loaded.built.method, loaded.built
+    layers = built.layers
+    init_state = init.model.state_dict()
+    out = {}
+    for name, final in adapter_state(loaded.model).items():
+        owner, _, leaf = name.rpartition(".")
+        if leaf in ("idx", "frozen_idx") or (leaf in ("lora_A", "frozen_A") and not method.train_a):
+            continue
+        layer = layers.get(owner)
+        if leaf in ("lora_B", "frozen_B"):
+            start = torch.zeros_like(final)
+        elif leaf == "columns":
+            start = layer.w0_cols
+        elif leaf in ("lora_A", "frozen_A"):
+            links = range(layer.n_links - 1, layer.n_links) if leaf == "lora_A" else range(layer.n_links - 1)
+            draws = [link_init(method, owner, layer.out_features, layer.in_features, layer.r, built.chain, t,
+                               loaded.manifest["seed"])["a"] for t in links]
+            start = torch.cat(draws, 0) if draws else torch.zeros_like(final)
+        else:
+            start = init_state[name]
+        out[name] = (final.detach().float().cpu(), start.detach().float().cpu())
+    return out
+
+
+def _assign(model: nn.Module, values: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, value in values.items():
+            owner, _, leaf = name.rpartition(".")
+            t = getattr(model.get_submodule(owner) if owner else model, leaf)
+            t.copy_(value.to(t.device, t.dtype))
+
+
+def fake_quant(x: torch.Tensor, bits: int, scheme: str) -> torch.Tensor:
+    """x quantized as ``compress.quantize`` does, with the straight-through gradient of the identity."""
+    levels, symbols = quantize(x.detach(), bits, scheme)
+    q = torch.as_tensor(levels[symbols], dtype=x.dtype, device=x.device).reshape(x.shape)
+    return x + (q - x).detach()
+
+
+def quantization_aware(model: nn.Module, pairs: dict, deltas: dict[str, torch.Tensor], bits: int, scheme: str,
+                       inputs: dict, y: torch.Tensor, steps: int, lr: float, batch_size: int = 64,
+                       seed: int = 0) -> dict[str, torch.Tensor]:
+    """``steps`` Adam steps on the deltas with the quantizer in the forward pass (training split only)."""
+    device = y.device
+    params = {k: d.detach().clone().to(device).requires_grad_(True) for k, d in deltas.items()}
+    starts = {k: s.to(device) for k, (_, s) in pairs.items()}
+    opt = torch.optim.Adam(params.values(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(len(y), (batch_size,), generator=gen).to(device)
+        values = {k: starts[k] + fake_quant(p, bits, scheme) for k, p in params.items()}
+        loss = F.cross_entropy(logits_of_with(model, values, batch_of(inputs, idx)).float(), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: p.detach().cpu() for k, p in params.items()}
+
+
+def error_rate(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(-1) != y).double().mean().item()
+
+
+def logits_of_with(model: nn.Module, values: dict[str, torch.Tensor], batch: dict) -> torch.Tensor:
+    out = functional_call(model, values, args=(), kwargs=batch, strict=False)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts) -> dict:
+    """For each grid point (bits x scheme): optionally a quantization-aware fine-tune, then quantize, code
+    and decode the trained numbers, evaluate the QUANTIZED model, and keep the best Occam bound. The code's
+    header records the scheme and bit width (genbound.compress), so the choice is paid for in the code."""
+    pairs = trained_deltas(loaded, init)
+    deltas = {k: f - s for k, (f, s) in pairs.items()}
+    n_train = len(ys["train"])
+    grid = [(b, s) for s in opts.schemes for b in opts.compress_bits]
+    extra = opts.seed_bits + math.log2(opts.hyper_settings)
+    tried, best = [], None
+    loaded.model.eval()
+    try:
+        for bits, scheme in grid:
+            start = deltas
+            if opts.qat_steps:
+                start = quantization_aware(loaded.model, pairs, deltas, bits, scheme, inputs["train"], ys["train"],
+                                           opts.qat_steps, opts.qat_lr, seed=loaded.manifest["seed"])
+            code = encode(start, bits, scheme)
+            _assign(loaded.model, {k: pairs[k][1] + q for k, q in code.quantized.items()})
+            errs = {s: error_rate(predict(loaded.model, inputs[s], len(ys[s]), opts.batch_size), ys[s])
+                    for s in ("train", "test")}
+            total = code.bits + extra
+            row = {"bits": bits, "scheme": scheme, "qat_steps": opts.qat_steps, "code_bits": total,
+                   "payload_bits": code.payload_bits,
+                   "header_bits": code.header_bits, "train_err_q": errs["train"], "test_err_q": errs["test"],
+                   "occam_bound": bounds.occam_bound(errs["train"], n_train, total, opts.delta)}
+            tried.append(row)
+            best = row if best is None or row["occam_bound"] < best["occam_bound"] else best
+    finally:
+        _assign(loaded.model, {k: f for k, (f, _) in pairs.items()})
+    return {**best, "delta": opts.delta, "numbers": sum(d.numel() for d in deltas.values()),
+            "extra_bits": extra, "mi_estimate_01": bounds.mi_estimate_from_code(best["code_bits"], n_train, 0.5),
+            "tried": tried}
+
+
