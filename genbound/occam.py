@@ -46,7 +46,7 @@ def trained_deltas(loaded: Loaded, init: Built) -> dict[str, tuple[torch.Tensor,
             start = torch.cat(draws, 0) if draws else torch.zeros_like(final)
         else:
             start = init_state[name]
-        out[name] = (final.detach().float().cpu(), start.detach().float().cpu())
+        out[name] = (final.detach().float().cpu().clone(), start.detach().float().cpu().clone())  # no aliasing
     return out
 
 
