@@ -4,6 +4,7 @@
 # Results (6 JSON files, manifests.json, log.txt with the tables) go to $OUT; commit them under reports/bounds-wordnet/.
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+export GENBOUND_WORDNET_DIR=/tmp/wordnet
 export METHODS=${METHODS:-"lora cla c3la"}
 bash benchmarks/wordnet_methods.sh
 for m in $METHODS; do

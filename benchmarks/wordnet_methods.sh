@@ -13,7 +13,7 @@ for f in .carry/wordnet/*.gz; do gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basen
 for m in $METHODS; do
   k=1; case $m in cola|rac|c3la|rc3la) k=3;; esac
   lr=5e-4; [ "$m" = full ] && lr=1e-4
-  python3 -m genbound train --model "$MODEL" --data wordnet --method "$m" --rank 16 --alpha 32 --chain $k \
+  test -f "runs/wordnet/$m/genbound.json" || python3 -m genbound train --model "$MODEL" --data wordnet --method "$m" --rank 16 --alpha 32 --chain $k \
     --epochs "$EPOCHS" --batch-size 32 --lr $lr --seed 0 --quiet --out "runs/wordnet/$m" 2>&1 | tee -a "$OUT/log.txt"
 done
 python3 - "$OUT" <<'PY'
