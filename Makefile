@@ -1,6 +1,7 @@
 # make setup: a virtual environment in .venv with CPU torch first (so nothing pulls a CUDA build),
 #             then genbound with its test and optional libraries, then the Debian data packages.
-# make demo:  pretrain the MLP on Fashion-MNIST, fine-tune it on MNIST-5k with lora, cla, rcla and c3la.
+# make demo:  pretrain the MLP on Fashion-MNIST, fine-tune it on MNIST-5k with lora, cla, rcla and c3la,
+#             then compute their bounds (paper, Theorem 1, compression).
 # make test:  the CPU test suite (slow and GPU tests are marked and skipped).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -37,6 +38,8 @@ demo: setup
 	done
 	@echo; echo "fine-tuned on mnist-5k from the self-pretrained MLP ($(DEMO)):"
 	@for m in lora cla rcla c3la; do $(BIN)/genbound info --ckpt $(DEMO)/$$m; done
+	@for m in lora cla c3la; do echo; $(BIN)/genbound compute --ckpt $(DEMO)/$$m --loss ce --smoothing 0.1 \
+	    --compress --compress-bits 1 2 3 --qat-steps 200 --json $(DEMO)/$$m/compute.json || exit 1; done
 
 test: setup
 	$(PY) -m pytest -q

@@ -158,3 +158,28 @@ def test_cli_compute_writes_complete_finite_json(ckpts, tmp_path, capsys):
     assert [m["name"] for m in data["matrices"]] == ["hidden.0", "hidden.1", "head"]
     assert main(["compute", "--ckpt", str(ckpts / "c3la"), "--loss", "ce"]) == 2
     assert "unbounded" in capsys.readouterr().err
+
+
+def test_compute_on_a_peft_folder_and_on_missing_data(tmp_path, capsys):
+    import shutil
+
+    from genbound.peft_io import export_peft
+
+    csv = tmp_path / "t.csv"
+    csv.write_text("text,label\n" + "".join(f"{w} {w} x,{w}\n" for w in ["aa", "bb", "cc"] * 20))
+    ck = tmp_path / "ck"
+    train(TrainConfig(model="tiny-bert", data=str(csv), method="lora", rank=2, steps=3, eval_samples=10), ck,
+          progress=False)
+    export_peft(ck, tmp_path / "peft")
+    assert main(["compute", "--ckpt", str(tmp_path / "peft"), "--model", "tiny-bert", "--data", str(csv),
+                 "--method", "lora", "--json", str(tmp_path / "p.json")]) == 0
+    peft_r, ck_r = json.loads((tmp_path / "p.json").read_text()), compute(checkpoint.load(ck), ComputeOptions())
+    assert peft_r["test_loss"] == pytest.approx(ck_r["test_loss"], rel=1e-5)
+    assert peft_r["mi_term_paper"] == ck_r["mi_term_paper"]
+    capsys.readouterr()
+    assert main(["compute", "--ckpt", str(tmp_path / "peft")]) == 0  # imported once, reused: no --data needed
+    moved = tmp_path / "moved.csv"
+    shutil.move(csv, moved)
+    assert main(["compute", "--ckpt", str(ck)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "t.csv" in err[0]
