@@ -116,7 +116,7 @@ def test_kl_and_its_inverse_against_scipy_and_closed_forms():
     for budget in (1e-4, 0.01, 0.3, 2.0):  # kl(0 || p) = -ln(1 - p)
         assert bounds.kl_inverse(0.0, budget) == pytest.approx(1 - math.exp(-budget), abs=1e-10)
     for q, budget in ((0.05, 0.02), (0.2, 0.1), (0.5, 0.01), (0.01, 1.0)):
-        want = brentq(lambda p: bounds.kl_bernoulli(q, p) - budget, q, 1 - 1e-15, xtol=1e-14)
+        want = brentq(lambda p, q=q, b=budget: bounds.kl_bernoulli(q, p) - b, q, 1 - 1e-15, xtol=1e-14)
         assert bounds.kl_inverse(q, budget) == pytest.approx(want, abs=1e-10)
     assert bounds.kl_inverse(0.3, 50.0) == pytest.approx(1.0, abs=1e-9)
     assert bounds.kl_inverse(0.3, 0.5) >= brentq(lambda p: bounds.kl_bernoulli(0.3, p) - 0.5, 0.3, 1 - 1e-15)

@@ -88,12 +88,12 @@ def test_initial_values_equal_the_step0_snapshot(ckpts):
         pairs = trained_deltas(loaded, init)
         snap0 = first_snapshot(ckpts / method)
         chain = loaded.manifest["method"]["chain_k"] > 1
-        for name, (final, start) in pairs.items():
+        for name, (_, start) in pairs.items():
             if name.endswith("lora_A") and chain:  # the last link's A is a later draw: not in snapshot 0
                 assert not torch.equal(start, snap0[name])
             elif name in snap0:
                 torch.testing.assert_close(start, snap0[name].float(), rtol=0, atol=0, msg=f"{method} {name}")
-            elif name.endswith("frozen_A") and start.numel():  # cola: link 0's A is the first rows; snapshot 0 holds it as lora_A
+            elif name.endswith("frozen_A") and start.numel():  # cola: link 0's A = first rows = snapshot 0's lora_A
                 r = loaded.manifest["method"]["rank"]
                 torch.testing.assert_close(start[:r], snap0[name.replace("frozen_A", "lora_A")], rtol=0, atol=0)
         assert any((f != s).any() for f, s in pairs.values())
