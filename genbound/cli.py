@@ -151,15 +151,65 @@ def resolve_ckpt(args: argparse.Namespace) -> str:
     return str(target)
 
 
-def analysis_options(p: argparse.ArgumentParser) -> None:
+def analysis_options(p: argparse.ArgumentParser, multiple: bool = False) -> None:
     """Options every analysis of a checkpoint takes."""
-    p.add_argument("--ckpt", required=True, help="checkpoint directory (or a PEFT adapter folder with --data)")
+    if multiple:
+        p.add_argument("--ckpt", required=True, action="append", help="checkpoint directory (repeat for several)")
+    else:
+        p.add_argument("--ckpt", required=True, help="checkpoint directory (or a PEFT adapter folder with --data)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--base", help="where the base model is now, when it has moved (its sha256 must match)")
     p.add_argument("--method", default="lora", help="PEFT folders: what PEFT cannot record (lora_plus, asym, ...)")
     p.add_argument("--data", help="PEFT folders: the task to evaluate on")
     p.add_argument("--model", help="PEFT folders: the base model (default: the adapter's)")
     p.add_argument("--seed", type=int, default=0, help="PEFT folders: the split seed")
+
+
+def cmd_spectrum(args: argparse.Namespace) -> None:
+    from .checkpoint import build_from_manifest, load
+    from .spectra import spectrum
+    from .train import pick_device
+
+    results = {}
+    for path in args.ckpt:
+        loaded = load(path, device=pick_device(args.device), base=args.base)
+        init = build_from_manifest(loaded.manifest, loaded.task, args.base).model.to(loaded.device)
+        built = loaded.built
+        names = built.targets or (built.backbone.targets if built.method.scope == "full" else [])
+        if not names:
+            raise GenboundError(f"{path}: method {built.method.name} adapts no matrix (nothing to take a spectrum of)")
+        r = spectrum(loaded.model, init, names, built.backbone.sha256, intruders=args.intruders, top_k=args.top_k)
+        r.update(checkpoint=str(path), method=built.method.name, rank=built.rank, chain_k=built.chain)
+        folder = Path(path).name
+        results[folder if built.method.name in folder else f"{built.method.name} ({folder})"] = r
+        print(render_spectrum(r))
+    if args.plot:
+        from . import plots
+
+        first_label, first = next(iter(results.items()))
+        plots.save(plots.spectra_figure(first, first_label), args.plot)
+        if args.intruders:
+            stem = Path(args.plot)
+            plots.save(plots.intruder_figure(results), str(stem.with_name(stem.stem + "-intruders" + stem.suffix)))
+    if len(results) == 1:
+        write_json(args.json, next(iter(results.values())))
+    else:
+        write_json(args.json, {"schema": "genbound.spectrum-set/1", "results": list(results.values())})
+
+
+def render_spectrum(r: dict) -> str:
+    lines = [f"{r['method']} r={r['rank']} k={r['chain_k']}  ({r['checkpoint']})",
+             f"  {'matrix':<44}{'n x m':>12}{'||dW||_2':>11}{'||dW||_F':>11}{'stable':>8}{'effective':>10}"]
+    for m in r["matrices"]:
+        lines.append(f"  {m['name']:<44}{str(m['n']) + ' x ' + str(m['m']):>12}{m['norm_2']:>11.4g}"
+                     f"{m['norm_fro']:>11.4g}{m['stable_rank']:>8.2f}{m['effective_rank']:>10.2f}")
+    if "intruders" in r:
+        it = r["intruders"]
+        pick = [i for i, e in enumerate(it["eps"]) if e in (0.3, 0.5, 0.7, 0.9)]
+        head = "  ".join(f"eps={it['eps'][i]:.1f}: {it['mean_counts'][i]:.2f} / {it['mean_counts_all'][i]:.1f}"
+                         for i in pick)
+        lines.append(f"  intruders, mean per matrix (top {it['top_k']} / all): {head}")
+    return "\n".join(lines)
 
 
 def cmd_export_peft(args: argparse.Namespace) -> None:
@@ -193,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
          lambda p: p.add_argument("--ckpt", required=True)),
         ("compute", "generalization gap, the paper's bound, Theorem 1's terms and a compression bound", cmd_compute,
          lambda p: (analysis_options(p), add_dataclass_options(p, ComputeOptions, COMPUTE_HELP, {"sigma": _sigma}))),
+        ("spectrum", "singular values of the learned updates and intruder dimensions", cmd_spectrum,
+         lambda p: (analysis_options(p, multiple=True),
+                    p.add_argument("--intruders", action="store_true", help="count intruder dimensions"),
+                    p.add_argument("--top-k", type=int, default=10, help="intruders among the top-k vectors"),
+                    p.add_argument("--plot", metavar="FILE.png", help="spectra plot (and FILE-intruders.png)"))),
         ("export-peft", "write a LoRA-shaped checkpoint as a PEFT adapter folder", cmd_export_peft,
          lambda p: (p.add_argument("--ckpt", required=True), p.add_argument("--out", required=True))),
         ("import-peft", "turn a PEFT LoRA adapter folder into a genbound checkpoint", cmd_import_peft,
