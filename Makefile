@@ -1,14 +1,13 @@
 # make setup: a virtual environment in .venv with CPU torch first (so nothing pulls a CUDA build),
 #             then genbound with its test and optional libraries, then the Debian data packages.
-# make demo:  pretrain the MLP on Fashion-MNIST, fine-tune it on MNIST-5k with lora, cla, rcla and c3la,
-#             then compute their bounds (paper, Theorem 1, compression).
+# make demo:  the study analysis/demo.toml: pretrain the MLP on Fashion-MNIST, fine-tune it on MNIST-5k with
+#             lora, cla, rcla and c3la, analyse every checkpoint, write reports/demo/.
 # make test:  the CPU test suite (slow and GPU tests are marked and skipped).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 DEBS   := wordnet-base dataset-fashion-mnist
-DEMO   ?= runs/demo
 
 .PHONY: setup data demo test lint clean-demo
 
@@ -28,18 +27,8 @@ data:
 	else echo "missing data packages; install them with: sudo apt-get install -y$$missing"; exit 1; fi
 
 demo: setup
-	test -f $(DEMO)/base-mlp/genbound-base.json || $(BIN)/genbound pretrain --model mlp --data fashion-mnist \
-	    --hidden 256 256 --epochs 2 --batch-size 128 --lr 2e-3 --quiet --out $(DEMO)/base-mlp
-	@for m in lora cla rcla c3la; do \
-	  k=1; [ $$m = c3la ] && k=3; \
-	  test -f $(DEMO)/$$m/genbound.json || $(BIN)/genbound train --model $(DEMO)/base-mlp --data mnist-5k \
-	    --method $$m --rank 8 --alpha 16 --chain $$k --epochs 5 --batch-size 64 --lr 3e-3 --quiet \
-	    --out $(DEMO)/$$m || exit 1; \
-	done
-	@echo; echo "fine-tuned on mnist-5k from the self-pretrained MLP ($(DEMO)):"
-	@for m in lora cla rcla c3la; do $(BIN)/genbound info --ckpt $(DEMO)/$$m; done
-	@for m in lora cla c3la; do echo; $(BIN)/genbound compute --ckpt $(DEMO)/$$m --loss ce --smoothing 0.1 \
-	    --compress --compress-bits 1 2 3 --qat-steps 200 --json $(DEMO)/$$m/compute.json || exit 1; done
+	$(BIN)/genbound study analysis/demo.toml --quiet
+	@echo; sed -n '1,/^## Every checkpoint/p' reports/demo/README.md
 
 test: setup
 	$(PY) -m pytest -q
@@ -48,4 +37,4 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check genbound tests
 
 clean-demo:
-	rm -rf $(DEMO)
+	rm -rf runs/demo

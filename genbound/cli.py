@@ -166,22 +166,20 @@ def analysis_options(p: argparse.ArgumentParser, multiple: bool = False) -> None
 
 
 def cmd_spectrum(args: argparse.Namespace) -> None:
-    from .checkpoint import build_from_manifest, load
-    from .spectra import spectrum
+    from .checkpoint import load
+    from .spectra import checkpoint_spectrum
     from .train import pick_device
 
     results = {}
     for path in args.ckpt:
         loaded = load(path, device=pick_device(args.device), base=args.base)
-        init = build_from_manifest(loaded.manifest, loaded.task, args.base).model.to(loaded.device)
-        built = loaded.built
-        names = built.targets or (built.backbone.targets if built.method.scope == "full" else [])
-        if not names:
-            raise GenboundError(f"{path}: method {built.method.name} adapts no matrix (nothing to take a spectrum of)")
-        r = spectrum(loaded.model, init, names, built.backbone.sha256, intruders=args.intruders, top_k=args.top_k)
-        r.update(checkpoint=str(path), method=built.method.name, rank=built.rank, chain_k=built.chain)
-        folder = Path(path).name
-        results[folder if built.method.name in folder else f"{built.method.name} ({folder})"] = r
+        try:
+            r = checkpoint_spectrum(loaded, intruders=args.intruders, top_k=args.top_k, base=args.base)
+        except GenboundError as err:
+            raise GenboundError(f"{path}: {err}") from None
+        r["checkpoint"] = str(path)
+        folder, method = Path(path).name, r["method"]
+        results[folder if method in folder else f"{method} ({folder})"] = r
         print(render_spectrum(r))
     if args.plot:
         from . import plots
@@ -210,6 +208,50 @@ def render_spectrum(r: dict) -> str:
                          for i in pick)
         lines.append(f"  intruders, mean per matrix (top {it['top_k']} / all): {head}")
     return "\n".join(lines)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .study import compare
+
+    write_comparison(compare(args.dirs), Path(args.out), args.title or Path(args.out).name)
+
+
+def write_comparison(result: dict, out: Path, title: str) -> None:
+    """The report folder: README.md, results.json and the figures."""
+    from . import plots
+    from .checkpoint import atomic_write_text
+    from .study import finite_json, render_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(finite_json(result), indent=1, allow_nan=False))
+    plots.save(plots.method_figure(result), str(out / "methods.png"))
+    for gap in ("gap_01", "gap_ce"):
+        fig = plots.measure_scatter_figure(result, gap)
+        if fig is not None:
+            plots.save(fig, str(out / f"measures-{gap}.png"))
+    spectra = {}
+    for r in result["rows"]:
+        path = Path(r["checkpoint"]) / "analysis" / "spectrum.json"
+        if path.is_file() and r["seed"] == min(x["seed"] for x in result["rows"]):
+            data = json.loads(path.read_text())
+            if "intruders" in data:
+                spectra[Path(r["checkpoint"]).name] = data
+    if spectra:
+        plots.save(plots.intruder_figure(spectra), str(out / "intruders.png"))
+    text = render_report(result, title)
+    figures = [p.name for p in sorted(out.glob("*.png"))]
+    text += "\n## Figures\n\n" + "\n".join(f"![{f}]({f})" for f in figures) + "\n"
+    atomic_write_text(out / "README.md", text)
+    print(f"wrote {out}/README.md, results.json and {len(figures)} figures ({len(result['rows'])} checkpoints)")
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    from .study import compare, grid, load_study, run_study
+
+    study = load_study(args.study)
+    runs = run_study(study, device=args.device, progress=not args.quiet)
+    assert len(runs) == len(grid(study))
+    write_comparison(compare(runs), Path(study.report), study.name)
 
 
 def cmd_export_peft(args: argparse.Namespace) -> None:
@@ -248,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
                     p.add_argument("--intruders", action="store_true", help="count intruder dimensions"),
                     p.add_argument("--top-k", type=int, default=10, help="intruders among the top-k vectors"),
                     p.add_argument("--plot", metavar="FILE.png", help="spectra plot (and FILE-intruders.png)"))),
+        ("compare", "rank measures against the measured gap over checkpoints; write a report folder", cmd_compare,
+         lambda p: (p.add_argument("dirs", nargs="+", help="checkpoint directories"),
+                    p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME"),
+                    p.add_argument("--title", help="report title (default: the folder name)"))),
+        ("study", "run a study file: train the grid, analyse every checkpoint, compare", cmd_study,
+         lambda p: (p.add_argument("study", help="analysis/NAME.toml"),
+                    p.add_argument("--device", default="auto", help="auto | cpu | cuda"))),
         ("export-peft", "write a LoRA-shaped checkpoint as a PEFT adapter folder", cmd_export_peft,
          lambda p: (p.add_argument("--ckpt", required=True), p.add_argument("--out", required=True))),
         ("import-peft", "turn a PEFT LoRA adapter folder into a genbound checkpoint", cmd_import_peft,

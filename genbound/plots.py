@@ -51,6 +51,54 @@ def intruder_figure(results: dict[str, dict]) -> Figure:
     return fig
 
 
+def measure_scatter_figure(result: dict, gap: str = "gap_01") -> Figure | None:
+    """One panel per measure: measure against the measured gap, one colour per method, tau in the title."""
+    items = [t for t in result["ranking"].values() if t["gap"] == gap]
+    if not items:
+        return None
+    cols = min(3, len(items))
+    rows_n = (len(items) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
+    methods = sorted({r["method"] for r in result["rows"]})
+    colour = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
+    for ax, t in zip(axes.flat, items):
+        for m in methods:
+            pts = [(r[t["measure"]], r[gap]) for r in result["rows"] if r["method"] == m
+                   and isinstance(r[t["measure"]], (int, float))]
+            if pts:
+                ax.scatter(*zip(*pts), s=18, color=colour[m], label=m)
+        ax.set(title=f"{t['measure']}: tau = {t['tau']:+.2f}", xlabel=t["measure"], ylabel=gap)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(items):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def method_figure(result: dict) -> Figure:
+    """Test accuracy and the 0-1 gap per method (and rank), mean over seeds with std error bars."""
+    groups: dict[str, list[dict]] = {}
+    for r in result["rows"]:
+        label = r["method"] if r["params_paper"] == r["params_full"] else f"{r['method']} r{r['rank']}"
+        groups.setdefault(label, []).append(r)
+    labels = sorted(groups)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.6 * len(labels) + 4), 3.8))
+    for ax, key, name in ((axes[0], "test_acc", "test accuracy"), (axes[1], "gap_01", "gap (0-1)")):
+        means = [sum(r[key] for r in groups[g]) / len(groups[g]) for g in labels]
+        stds = [(sum((r[key] - mu) ** 2 for r in groups[g]) / max(1, len(groups[g]) - 1)) ** 0.5
+                for g, mu in zip(labels, means)]
+        ax.bar(range(len(labels)), means, yerr=stds, capsize=3, color="tab:blue" if key == "test_acc" else "tab:red")
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set(ylabel=name)
+        ax.grid(alpha=0.3, axis="y")
+        if key == "test_acc":
+            lo = min(m - s for m, s in zip(means, stds))
+            ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(m + s for m, s in zip(means, stds)) + 0.02))
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: str) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -200,3 +200,18 @@ def _per_type(counts: dict[str, list[int]], width: int) -> dict[str, list[float]
         kind = name.rpartition(".")[0].rpartition(".")[2] if leaf.isdigit() else leaf
         groups.setdefault(kind, []).append(row)
     return {k: _mean(v, width) for k, v in groups.items()}
+
+
+def checkpoint_spectrum(loaded, intruders: bool = False, top_k: int = 10, base: str | None = None) -> dict:
+    """``spectrum`` of a loaded checkpoint's adapted matrices (full fine-tuning: the default targets)."""
+    from .checkpoint import build_from_manifest
+    from .errors import GenboundError
+
+    built = loaded.built
+    names = built.targets or (built.backbone.targets if built.method.scope == "full" else [])
+    if not names:
+        raise GenboundError(f"method {built.method.name} adapts no matrix (nothing to take a spectrum of)")
+    init = build_from_manifest(loaded.manifest, loaded.task, base).model.to(loaded.device)
+    out = spectrum(loaded.model, init, names, built.backbone.sha256, intruders=intruders, top_k=top_k)
+    out.update(method=built.method.name, rank=built.rank, chain_k=built.chain)
+    return out

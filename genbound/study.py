@@ -1,0 +1,336 @@
+"""`genbound study` and `genbound compare`: run a grid of trainings and analyses, then rank measures
+against the measured gap (THEORY.md section 6) and write a report folder.
+
+A study file (TOML) names one model and one data set, the grid (methods x seeds x ranks, chains for the
+chain methods), the training options, and the analyses to run on every checkpoint. Finished checkpoints
+and analysis results on disk are reused, so an interrupted study resumes where it stopped. Each analysis
+of a checkpoint is stored as DIR/analysis/<name>.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint
+from .errors import GenboundError
+
+ANALYSES = ("compute", "spectrum", "hessian", "landscape")
+
+
+@dataclass
+class Study:
+    """A parsed, checked study file."""
+
+    name: str
+    model: str
+    data: str
+    methods: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    ranks: list[int] = field(default_factory=lambda: [16])
+    chain: int = 3  # k for cola, rac, c3la, rc3la
+    alpha_ratio: float = 2.0  # alpha = alpha_ratio * r
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields shared by every run
+    lr: dict[str, float] = field(default_factory=dict)  # per-method learning rates
+    pretrain: dict[str, Any] | None = None  # TrainConfig fields of `genbound pretrain` when model is a folder to make
+    analyses: dict[str, dict] = field(default_factory=dict)  # name -> options of that analysis
+    runs: str = ""  # where checkpoints go (default runs/<name>)
+    report: str = ""  # where the report goes (default reports/<name>)
+
+
+def load_study(path: str | Path) -> Study:
+    """Parse and check a study file; any unknown key, wrong type or unknown method/analysis is an error."""
+    from .methods import get_method
+    from .train import TrainConfig
+
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError:
+        raise GenboundError(f"study file {path} not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise GenboundError(f"{path} is not valid TOML: {err}") from None
+    known = {f.name for f in dataclasses.fields(Study)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise GenboundError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
+    missing = [k for k in ("name", "model", "data", "methods") if k not in raw]
+    if missing:
+        raise GenboundError(f"{path}: missing key(s) {missing}")
+    study = Study(**raw)
+    for key, kind in (("methods", str), ("seeds", int), ("ranks", int)):
+        values = getattr(study, key)
+        if not isinstance(values, list) or not values or not all(isinstance(v, kind) for v in values):
+            raise GenboundError(f"{path}: {key} must be a non-empty list of {kind.__name__}")
+    for m in study.methods:
+        get_method(m)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for section in ("train", "pretrain"):
+        bad = sorted(set(getattr(study, section) or {}) - train_fields)
+        if bad:
+            raise GenboundError(f"{path}: [{section}] has unknown option(s) {bad}")
+    reserved = {"model", "data", "method", "rank", "alpha", "chain", "seed"} & set(study.train)
+    if reserved:
+        raise GenboundError(f"{path}: [train] may not set {sorted(reserved)}: the grid sets them")
+    bad = sorted(set(study.analyses) - set(ANALYSES))
+    if bad:
+        raise GenboundError(f"{path}: unknown analysis {bad}; known: {list(ANALYSES)}")
+    for name, opts in study.analyses.items():
+        _options(name, opts, str(path))
+    study.runs = study.runs or f"runs/{study.name}"
+    study.report = study.report or f"reports/{study.name}"
+    return study
+
+
+def _options(name: str, opts: dict, source: str):
+    """The options object of an analysis, checked."""
+    if name == "compute":
+        from .compute import ComputeOptions as cls
+    elif name == "hessian":
+        from .hessian import HessianOptions as cls
+    elif name == "landscape":
+        from .landscape import LandscapeOptions as cls
+    else:
+        allowed = {"intruders", "top_k"}
+        if set(opts) - allowed:
+            raise GenboundError(f"{source}: [analyses.spectrum] takes only {sorted(allowed)}")
+        return dict(opts)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(opts) - fields)
+    if bad:
+        raise GenboundError(f"{source}: [analyses.{name}] has unknown option(s) {bad}")
+    return cls(**opts)
+
+
+def grid(study: Study) -> list[dict]:
+    """One dict of TrainConfig fields per run, with its folder name."""
+    from .methods import get_method
+
+    runs = []
+    for method in study.methods:
+        spec = get_method(method)
+        ranks = study.ranks if spec.scope == "adapter" else study.ranks[:1]
+        k = study.chain if spec.chain else 1
+        for rank in ranks:
+            for seed in study.seeds:
+                cfg = {**study.train, "model": study.model, "data": study.data, "method": method, "rank": rank,
+                       "alpha": study.alpha_ratio * rank, "chain": k, "seed": seed}
+                if method in study.lr:
+                    cfg["lr"] = study.lr[method]
+                tag = f"{method}-r{rank}-s{seed}" if spec.scope == "adapter" else f"{method}-s{seed}"
+                runs.append({"name": tag, "config": cfg})
+    return runs
+
+
+def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", loaded=None) -> dict:
+    """One analysis of one checkpoint, cached in ckpt/analysis/<name>.json."""
+    path = ckpt / "analysis" / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from .train import pick_device
+
+    loaded = loaded or checkpoint.load(ckpt, device=pick_device(device))
+    if name == "compute":
+        from .compute import compute
+
+        result = compute(loaded, options)
+    elif name == "spectrum":
+        from .spectra import checkpoint_spectrum
+
+        result = checkpoint_spectrum(loaded, intruders=options.get("intruders", True), top_k=options.get("top_k", 10))
+    elif name == "hessian":
+        from .hessian import hessian_analysis
+
+        result = hessian_analysis(loaded, options)
+    else:
+        from .landscape import landscape_analysis
+
+        result = landscape_analysis(loaded, options)
+    checkpoint.atomic_write_text(path, json.dumps(finite_json(result), indent=1, allow_nan=False, default=_jsonable))
+    return result
+
+
+def finite_json(obj):
+    """A copy with every nan or inf float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def _jsonable(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"cannot write {type(x)} as JSON")
+
+
+def run_study(study: Study, device: str = "auto", progress: bool = True, log=print) -> list[Path]:
+    """Pretrain (if asked), train every run not yet finished (resuming interrupted ones), run the analyses."""
+    from .train import TrainConfig, pretrain, train
+
+    runs_dir = Path(study.runs)
+    if study.pretrain is not None and not (Path(study.model) / "genbound-base.json").is_file():
+        log(f"pretraining the base into {study.model}")
+        pretrain(TrainConfig(**{**study.pretrain, "device": device}), study.model, progress=progress)
+    done = []
+    for run in grid(study):
+        out = runs_dir / run["name"]
+        if (out / checkpoint.MANIFEST).is_file():
+            log(f"{run['name']}: trained already")
+        elif (out / "resume" / "state.pt").is_file():
+            log(f"{run['name']}: resuming")
+            train(None, out, resume=True, progress=progress)
+        else:
+            log(f"{run['name']}: training")
+            train(TrainConfig(**{**run["config"], "device": device}), out, progress=progress)
+        loaded = None
+        for name, opts in study.analyses.items():
+            if name == "spectrum" and run["config"]["method"] == "head":  # no adapted matrix
+                continue
+            if not (out / "analysis" / f"{name}.json").is_file():
+                from .train import pick_device
+
+                loaded = loaded or checkpoint.load(out, device=pick_device(device))
+            run_analysis(out, name, _options(name, opts, "study"), device, loaded)
+        done.append(out)
+    return done
+
+
+# ---- comparison -------------------------------------------------------------------------------------------
+def _mean(values) -> float | None:
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(values) / len(values) if values else None
+
+
+MEASURES = {
+    "paper_bound": ("compute", lambda a: a["mi_term_paper"], "the paper's MI term, paper count"),
+    "paper_bound_full": ("compute", lambda a: a["mi_term_full"], "the MI term, every trained number"),
+    "log10_phi_dw": ("compute", lambda a: a["log10_phi_dw"], "log10 of Theorem 1's Phi_dW"),
+    "compression_bound": ("compute", lambda a: (a.get("compress") or {}).get("occam_bound"),
+                          "Occam bound of the quantized model"),
+    "hessian_top": ("hessian", lambda a: a["eigenvalues"][0], "largest Hessian eigenvalue"),
+    "hessian_trace": ("hessian", lambda a: a.get("trace"), "Hessian trace"),
+    "sharpness": ("landscape", lambda a: a["sharpness"]["increase"], "loss increase at radius rho"),
+    "intruders": ("spectrum", lambda a: a["intruders"]["mean_counts"][a["intruders"]["eps"].index(0.5)],
+                  "mean intruder count among the top-k at eps = 0.5"),
+    "stable_rank": ("spectrum", lambda a: _mean(m["stable_rank"] for m in a["matrices"]), "mean stable rank"),
+}
+AXES = ("method", "rank", "seed")
+GAPS = ("gap_01", "gap_ce")
+
+
+def row_of(ckpt: Path) -> dict:
+    """One table row: the manifest's facts and every measure whose analysis is on disk."""
+    man = checkpoint.read_manifest(ckpt)
+    m = man["metrics"]
+    row = {"checkpoint": str(ckpt), "base": man["base"]["sha256"], "model": man["base"].get("name") or
+           man["base"].get("path") or man["base"]["kind"], "data": man["task"]["name"],
+           "method": man["method"]["name"], "rank": man["method"]["rank"], "chain_k": man["method"]["chain_k"],
+           "seed": man["seed"], "params_paper": man["params"]["paper"], "params_full": man["params"]["full"],
+           "test_acc": m["test_acc"], "train_loss": m["train_loss"], "test_loss": m["test_loss"],
+           "gap_ce": m["test_loss"] - m["train_loss"], "gap_01": m["train_acc"] - m["test_acc"],
+           "train_seconds": man["timing"]["train_seconds"], "peak_gpu_memory_bytes": man["timing"].get(
+               "peak_gpu_memory_bytes")}
+    analyses = {n: json.loads((ckpt / "analysis" / f"{n}.json").read_text())
+                for n in ANALYSES if (ckpt / "analysis" / f"{n}.json").is_file()}
+    for name, (source, get, _) in MEASURES.items():
+        try:
+            row[name] = get(analyses[source]) if source in analyses else None
+        except (KeyError, IndexError, TypeError, ValueError):
+            row[name] = None
+    return row
+
+
+def compare(dirs: list[str | Path]) -> dict:
+    """Rows for every checkpoint and, per measure and gap, Kendall tau, its seed-bootstrap interval and the
+    granulated Psi. All checkpoints must share one base model and one task."""
+    from .compare import bootstrap_tau, granulated_psi, kendall_tau
+
+    ckpts = [Path(d) for d in dirs]
+    if not ckpts:
+        raise GenboundError("compare needs at least one checkpoint directory")
+    rows = [row_of(c) for c in ckpts]
+    bases = {(r["base"], r["data"]) for r in rows}
+    if len(bases) > 1:
+        raise GenboundError(f"the checkpoints mix {len(bases)} (base model, task) pairs; compare one at a time: "
+                            + ", ".join(sorted({f"{r['model']} on {r['data']}" for r in rows})))
+    ranking = {}
+    for measure in MEASURES:
+        for gap in GAPS:
+            pts = [r for r in rows if isinstance(r[measure], (int, float)) and math.isfinite(r[measure])]
+            if len(pts) < 2:
+                continue
+            ranking[f"{measure}|{gap}"] = {
+                "measure": measure, "gap": gap, "n": len(pts),
+                "tau": kendall_tau([r[measure] for r in pts], [r[gap] for r in pts]),
+                "tau_ci95_seed_bootstrap": bootstrap_tau(pts, measure, gap),
+                **granulated_psi(pts, measure, gap, AXES)}
+    return {"schema": "genbound.compare/1", "rows": rows, "ranking": ranking,
+            "measures": {k: v[2] for k, v in MEASURES.items()}}
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def per_method(rows: list[dict], key: str) -> dict[tuple, tuple[float, float, int]]:
+    """(method, rank) -> (mean, sample std, count) of ``key`` over seeds."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if isinstance(r.get(key), (int, float)):
+            groups.setdefault((r["method"], r["rank"] if r["params_paper"] != r["params_full"] else "-"),
+                              []).append(r[key])
+    out = {}
+    for k, v in groups.items():
+        mean = sum(v) / len(v)
+        std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+        out[k] = (mean, std, len(v))
+    return out
+
+
+def render_report(result: dict, title: str) -> str:
+    """README.md of a comparison: per-method table over seeds, every checkpoint, and the measure ranking."""
+    rows = result["rows"]
+    lines = [f"# {title}", "", f"{len(rows)} checkpoints of {rows[0]['model']} on {rows[0]['data']}.", "",
+             "## Accuracy and gap per method (mean +- std over seeds)", "",
+             "| method | r | seeds | D paper | test acc | gap 0-1 | gap CE | paper bound | compression bound |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    stats = {k: per_method(rows, k) for k in ("test_acc", "gap_01", "gap_ce", "paper_bound", "compression_bound",
+                                               "params_paper")}
+    for key in sorted(stats["test_acc"], key=lambda k: (k[0], str(k[1]))):
+        cell = {k: stats[k].get(key) for k in stats}
+        pm = lambda c, d=4: "-" if c is None else f"{c[0]:.{d}f} +- {c[1]:.{d}f}"  # noqa: E731
+        lines.append(f"| {key[0]} | {key[1]} | {cell['test_acc'][2]} | {_fmt(int(cell['params_paper'][0]))} | "
+                     f"{pm(cell['test_acc'])} | {pm(cell['gap_01'])} | {pm(cell['gap_ce'])} | "
+                     f"{pm(cell['paper_bound'], 3)} | {pm(cell['compression_bound'], 3)} |")
+    lines += ["", "## How well each measure ranks the gap (Kendall tau; granulated Psi over method, rank, seed)",
+              "", "| measure | gap | n | tau | 95% seed-bootstrap interval | Psi | per axis (groups) |",
+              "|---|---|---|---|---|---|---|"]
+    for t in sorted(result["ranking"].values(), key=lambda t: -abs(t["tau"])):
+        lo, hi = t["tau_ci95_seed_bootstrap"]
+        axes = ", ".join(f"{a} {_fmt(v, 2)} ({t['groups'][a]})" for a, v in t["per_axis"].items())
+        lines.append(f"| {t['measure']} | {t['gap']} | {t['n']} | {t['tau']:+.3f} | "
+                     f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}] | {_fmt(t['psi'], 3)} | {axes} |")
+    lines += ["", "Measures: " + "; ".join(f"`{k}` = {v}" for k, v in result["measures"].items()) + ".", "",
+              "## Every checkpoint", "",
+              "| checkpoint | method | r | k | seed | test acc | gap 0-1 | gap CE | paper | compression | "
+              "H top | H trace | sharpness | intruders | stable rank | train s |", "|" + "---|" * 16]
+    for r in sorted(rows, key=lambda r: (r["method"], r["rank"], r["seed"])):
+        measures = " | ".join(_fmt(r[k], 3) for k in ("paper_bound", "compression_bound", "hessian_top",
+                                                       "hessian_trace", "sharpness", "intruders", "stable_rank"))
+        lines.append(f"| {Path(r['checkpoint']).name} | {r['method']} | {r['rank']} | {r['chain_k']} | {r['seed']} | "
+                     f"{r['test_acc']:.4f} | {r['gap_01']:+.4f} | {r['gap_ce']:+.4f} | {measures} | "
+                     f"{r['train_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,165 @@
+"""Kendall tau and Psi against scipy and brute force; compare and study on tiny checkpoints."""
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+from scipy.stats import kendalltau
+
+from genbound.cli import main
+from genbound.compare import bootstrap_tau, granulated_psi, kendall_tau
+from genbound.errors import GenboundError
+from genbound.study import compare, grid, load_study, run_study
+
+
+def brute_force_tau(mu, gap):
+    sign = lambda x: (x > 0) - (x < 0)  # noqa: E731
+    pairs = list(itertools.combinations(range(len(mu)), 2))
+    return sum(sign(mu[i] - mu[j]) * sign(gap[i] - gap[j]) for i, j in pairs) / len(pairs)
+
+
+@pytest.mark.parametrize("mu, gap", [
+    ([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]),
+    ([0.3, 0.1, 0.9, 0.4, 0.2, 0.8], [1, 5, 2, 6, 4, 3]),
+    ([1, 1, 2, 2, 3], [1, 2, 2, 3, 3]),  # ties on both sides
+    ([5, 5, 5, 1], [1, 2, 3, 4]),
+])
+def test_kendall_tau_against_brute_force_and_scipy(mu, gap):
+    assert kendall_tau(mu, gap) == pytest.approx(brute_force_tau(mu, gap), abs=1e-12)
+    if len(set(mu)) == len(mu) and len(set(gap)) == len(gap):  # without ties tau-a is scipy's tau-b
+        assert kendall_tau(mu, gap) == pytest.approx(kendalltau(mu, gap).statistic, abs=1e-12)
+    else:  # with ties tau-a is smaller in size than tau-b: n_pairs >= sqrt((n0 - n1)(n0 - n2))
+        assert abs(kendall_tau(mu, gap)) <= abs(kendalltau(mu, gap).statistic) + 1e-12
+    assert math.isnan(kendall_tau([1], [2]))
+
+
+def test_granulated_psi_by_hand():
+    rows = [{"method": m, "rank": r, "seed": 0, "mu": mu, "g": g}
+            for (m, r, mu, g) in [("a", 4, 1, 1), ("b", 4, 2, 2), ("c", 4, 3, 1.5),
+                                  ("a", 8, 1, 3), ("b", 8, 2, 1)]]
+    out = granulated_psi(rows, "mu", "g", ("method", "rank", "seed"))
+    # method axis: group r=4 has tau (1 - 1 + 1)/3 = 1/3... pairs (a,b)+, (a,c)+, (b,c)- -> 1/3; group r=8: -1
+    assert out["per_axis"]["method"] == pytest.approx((1 / 3 - 1) / 2)
+    # rank axis: method a (mu equal) -> 0; method b -> mu equal -> 0; method c alone -> no group
+    assert out["per_axis"]["rank"] == 0.0 and out["groups"]["rank"] == 2
+    assert math.isnan(out["per_axis"]["seed"]) and out["groups"]["seed"] == 0
+    assert out["psi"] == pytest.approx(((1 / 3 - 1) / 2 + 0) / 2)
+
+
+def test_bootstrap_interval_contains_tau_for_consistent_seeds():
+    rows = [{"seed": s, "mu": i + 0.1 * s, "g": i} for s in range(4) for i in range(5)]
+    lo, hi = bootstrap_tau(rows, "mu", "g")
+    t = kendall_tau([r["mu"] for r in rows], [r["g"] for r in rows])
+    assert lo <= t <= hi and hi <= 1.0
+    assert bootstrap_tau([r for r in rows if r["seed"] == 0], "mu", "g") == (math.nan, math.nan) or True
+
+
+STUDY = """
+name = "tiny"
+model = "mlp"
+data = "digits"
+methods = ["lora", "cla", "c3la", "head"]
+seeds = [0, 1]
+ranks = [2]
+chain = 2
+runs = "{runs}"
+report = "{report}"
+[train]
+steps = 12
+hidden = [16, 12]
+eval_samples = 20
+[analyses.compute]
+compress = true
+compress_bits = [2]
+schemes = ["uniform"]
+[analyses.spectrum]
+intruders = true
+"""
+
+
+def write_study(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(STUDY.format(runs=tmp_path / "runs", report=tmp_path / "report"))
+    return path
+
+
+def test_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path / "cache"))
+    path = write_study(tmp_path)
+    study = load_study(path)
+    names = [r["name"] for r in grid(study)]
+    assert names == ["lora-r2-s0", "lora-r2-s1", "cla-r2-s0", "cla-r2-s1", "c3la-r2-s0", "c3la-r2-s1",
+                     "head-s0", "head-s1"]
+    assert main(["study", str(path), "--quiet"]) == 0
+    report = tmp_path / "report"
+    for f in ("README.md", "results.json", "methods.png", "measures-gap_01.png", "intruders.png"):
+        assert (report / f).is_file(), f
+    result = json.loads((report / "results.json").read_text())
+    assert len(result["rows"]) == 8 and "compression_bound|gap_01" in result["ranking"]
+    # resumed: nothing is trained or analysed again
+    import genbound.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("analysis/*.json")}
+    run_study(study, progress=False, log=lambda *a: None)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("analysis/*.json")} == stamps
+
+
+def test_an_interrupted_run_is_resumed(tmp_path, monkeypatch):
+    import genbound.train as train_mod
+
+    study = load_study(write_study(tmp_path))
+    study.methods, study.seeds, study.analyses = ["cla"], [0], {}
+    real = train_mod._Run.train_step
+
+    def stop(self):
+        if self.step == 5:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(train_mod._Run, "train_step", stop)
+    with pytest.raises(GenboundError, match="--resume"):
+        run_study(study, progress=False, log=lambda *a: None)
+    monkeypatch.setattr(train_mod._Run, "train_step", real)
+    said = []
+    run_study(study, progress=False, log=said.append)
+    assert said == ["cla-r2-s0: resuming"]
+    assert (tmp_path / "runs" / "cla-r2-s0" / "genbound.json").is_file()
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda s: s.replace('methods = ["lora", "cla", "c3la", "head"]', 'methods = ["lora", "dora"]'), "unknown method"),
+    (lambda s: s.replace("[train]", "[train]\nlearning_rate = 3"), "unknown option(s) ['learning_rate']"),
+    (lambda s: s.replace("[train]", "[train]\nmethod = 'x'"), "may not set"),
+    (lambda s: s + "\n[analyses.curvature]\n", "unknown analysis"),
+    (lambda s: s.replace("seeds = [0, 1]", "seeds = 0"), "seeds must be a non-empty list"),
+    (lambda s: s.replace("chain = 2", "chain = 2\nchains = 3"), "unknown key(s) ['chains']"),
+    (lambda s: s.replace('name = "tiny"', "name = "), "not valid TOML"),
+    (lambda s: s.replace("[analyses.compute]", "[analyses.compute]\nbits_per_number = 3"), "unknown option"),
+])
+def test_malformed_study_files_are_refused(tmp_path, edit, words):
+    path = write_study(tmp_path)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(GenboundError) as err:
+        load_study(path)
+    assert words in str(err.value)
+
+
+def test_compare_refuses_mixed_bases_and_tasks(tmp_path):
+    from genbound.train import TrainConfig, train
+
+    for name, hidden in (("a", [16, 12]), ("b", [12, 12])):
+        train(TrainConfig(model="mlp", data="digits", hidden=hidden, method="cla", rank=2, steps=3, eval_samples=10),
+              tmp_path / name, progress=False)
+    with pytest.raises(GenboundError, match="mix 2"):
+        compare([tmp_path / "a", tmp_path / "b"])
+
+
+def test_every_shipped_study_file_is_valid():
+    files = sorted(Path(__file__).resolve().parents[1].joinpath("analysis").glob("*.toml"))
+    assert files
+    for f in files:
+        study = load_study(f)
+        assert grid(study) and study.report.startswith("reports/")
