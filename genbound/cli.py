@@ -38,23 +38,22 @@ TRAIN_HELP = {
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, help_: dict[str, str],
-                          types_: dict[str, Callable] | None = None) -> None:
-    """One --option per dataclass field, typed from its annotation (or ``types_[name]``)."""
+                          types_: dict[str, Callable] | None = None, flags: dict[str, str] | None = None) -> None:
+    """One --option per dataclass field, typed from its annotation (or ``types_[name]``); ``flags`` renames."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag = (flags or {}).get(f.name) or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = hints[f.name]
         optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
         base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
+        common = {"dest": f.name, "default": default, "help": help_.get(f.name)}
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_.get(f.name))
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif typing.get_origin(base) is list:
-            parser.add_argument(flag, nargs="+", type=typing.get_args(base)[0], default=default,
-                                help=help_.get(f.name))
+            parser.add_argument(flag, nargs="+", type=typing.get_args(base)[0], **common)
         else:
-            parser.add_argument(flag, type=(types_ or {}).get(f.name, base), default=default,
-                                help=help_.get(f.name), metavar=f.name.upper())
+            parser.add_argument(flag, type=(types_ or {}).get(f.name, base), metavar=f.name.upper(), **common)
 
 
 def config_from(args: argparse.Namespace, cls: type):
@@ -152,17 +151,17 @@ def resolve_ckpt(args: argparse.Namespace) -> str:
 
 
 def analysis_options(p: argparse.ArgumentParser, multiple: bool = False) -> None:
-    """Options every analysis of a checkpoint takes."""
+    """Options every analysis of a checkpoint takes (one checkpoint may also be a PEFT adapter folder)."""
     if multiple:
         p.add_argument("--ckpt", required=True, action="append", help="checkpoint directory (repeat for several)")
     else:
         p.add_argument("--ckpt", required=True, help="checkpoint directory (or a PEFT adapter folder with --data)")
+        p.add_argument("--method", default="lora", help="PEFT folders: what PEFT cannot record (lora_plus, asym)")
+        p.add_argument("--data", help="PEFT folders: the task to evaluate on")
+        p.add_argument("--model", help="PEFT folders: the base model (default: the adapter's)")
+        p.add_argument("--seed", type=int, default=0, help="PEFT folders: the split seed")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--base", help="where the base model is now, when it has moved (its sha256 must match)")
-    p.add_argument("--method", default="lora", help="PEFT folders: what PEFT cannot record (lora_plus, asym, ...)")
-    p.add_argument("--data", help="PEFT folders: the task to evaluate on")
-    p.add_argument("--model", help="PEFT folders: the base model (default: the adapter's)")
-    p.add_argument("--seed", type=int, default=0, help="PEFT folders: the split seed")
 
 
 def cmd_spectrum(args: argparse.Namespace) -> None:
@@ -254,6 +253,45 @@ def cmd_study(args: argparse.Namespace) -> None:
     write_comparison(compare(runs), Path(study.report), study.name)
 
 
+LANDSCAPE_HELP = {
+    "dirs": "random (filter-normalized Gaussian) | pca (top-2 directions of the saved trajectory)",
+    "space": "trainable | delta (dW of each adapted matrix) | all", "grid": "points per axis (odd)",
+    "range": "the grid spans [-range, range]", "one_d": "a 1-D slice along d1", "samples": "evaluation examples",
+    "split": "train | test", "seed": "directions and the evaluation subset",
+    "include_1d": "random directions also move biases and LayerNorm", "chunk": "grid points per forward pass",
+    "batch_size": "examples per forward pass", "rho": "sharpness radius (grid units; default range/4)",
+    "attention": "HF attention while evaluating: auto | model",
+}
+
+
+def cmd_landscape(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from . import plots
+    from .checkpoint import load
+    from .landscape import LandscapeOptions, landscape_arrays, landscape_analysis, render
+    from .train import pick_device
+
+    opts = config_from(args, LandscapeOptions)
+    results = {}
+    for path in args.ckpt:
+        loaded = load(path, device=pick_device(args.device), base=args.base)
+        r = landscape_analysis(loaded, opts, ckpt=path)
+        r["checkpoint"] = str(path)
+        folder = Path(path).name
+        results[folder if r["method"] in folder else f"{r['method']} ({folder})"] = r
+        print(render(r))
+    prefix = Path(args.out)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    for r in results.values():
+        name = prefix.name if len(results) == 1 else f"{prefix.name}-{Path(r['checkpoint']).name}"
+        np.savez(prefix.with_name(name + ".npz"), **landscape_arrays(r))
+    plots.save(plots.landscape_figure(results, surface=args.surface), str(prefix.with_name(prefix.name + ".png")))
+    print(f"wrote {prefix}.png and {len(results)} .npz file(s)")
+    write_json(args.json, next(iter(results.values())) if len(results) == 1
+               else {"schema": "genbound.landscape-set/1", "results": list(results.values())})
+
+
 def cmd_export_peft(args: argparse.Namespace) -> None:
     from .peft_io import export_peft
 
@@ -270,6 +308,7 @@ def cmd_import_peft(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .compute import ComputeOptions
+    from .landscape import LandscapeOptions
     from .train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="genbound", description=__doc__.splitlines()[0])
@@ -297,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("study", "run a study file: train the grid, analyse every checkpoint, compare", cmd_study,
          lambda p: (p.add_argument("study", help="analysis/NAME.toml"),
                     p.add_argument("--device", default="auto", help="auto | cpu | cuda"))),
+        ("landscape", "1-D and 2-D loss slices with random or trajectory-PCA directions, batched", cmd_landscape,
+         lambda p: (analysis_options(p, multiple=True),
+                    add_dataclass_options(p, LandscapeOptions, LANDSCAPE_HELP, flags={"one_d": "--1d"}),
+                    p.add_argument("--surface", action="store_true", help="a 3-D surface view instead of contours"),
+                    p.add_argument("--out", default="landscape", help="PREFIX of PREFIX.png and PREFIX.npz"))),
         ("export-peft", "write a LoRA-shaped checkpoint as a PEFT adapter folder", cmd_export_peft,
          lambda p: (p.add_argument("--ckpt", required=True), p.add_argument("--out", required=True))),
         ("import-peft", "turn a PEFT LoRA adapter folder into a genbound checkpoint", cmd_import_peft,

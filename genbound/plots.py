@@ -99,6 +99,51 @@ def method_figure(result: dict) -> Figure:
     return fig
 
 
+def landscape_figure(results: dict[str, dict], surface: bool = False) -> Figure:
+    """Loss landscapes side by side on one colour scale (2-D: contours, pca path overlaid; 1-D: curves)."""
+    items = list(results.items())
+    if items[0][1]["one_d"]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, r in items:
+            ax.plot(r["coords"]["a"], r["losses"], label=label)
+        ax.set(xlabel="alpha (along d1)", ylabel=f"{items[0][1]['split']} loss", title="1-D loss slices")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+    lo = min(min(map(min, r["losses"])) for _, r in items)
+    hi = max(max(map(max, r["losses"])) for _, r in items)
+    if lo > 0 and hi > lo:  # log-spaced levels: the valley stays visible next to a steep wall
+        levels = [lo * (hi / lo) ** (i / 30) for i in range(31)]
+    else:
+        levels = [lo + (hi - lo) * (i / 30) ** 2 for i in range(31)]
+    kw = {"subplot_kw": {"projection": "3d"}} if surface else {}
+    fig, axes = plt.subplots(1, len(items), figsize=(4.6 * len(items), 4.2), squeeze=False, layout="constrained",
+                             **kw)
+    mappable = None
+    for ax, (label, r) in zip(axes[0], items):
+        a, b = r["coords"]["a"], r["coords"]["b"]
+        if surface:
+            import numpy as np
+
+            A, B = np.meshgrid(a, b)
+            mappable = ax.plot_surface(A, B, np.asarray(r["losses"]), cmap="viridis", vmin=lo, vmax=hi)
+        else:
+            from matplotlib.colors import BoundaryNorm
+
+            mappable = ax.contourf(a, b, r["losses"], levels=levels, cmap="viridis",
+                                   norm=BoundaryNorm(levels, ncolors=256))
+            ax.contour(a, b, r["losses"], levels=levels[::3], colors="white", linewidths=0.4)
+            traj = r.get("trajectory")
+            if traj and traj.get("a"):
+                ax.plot(traj["a"], traj["b"], "r.-", ms=3, lw=0.8, label="training path")
+                ax.legend(fontsize=6, loc="upper right")
+            ax.plot([0], [0], "w*", ms=8)
+        ax.set(title=f"{label}\nsharpness {r['sharpness']['increase']:.3g}", xlabel="d1", ylabel="d2")
+    fig.colorbar(mappable, ax=list(axes[0]), shrink=0.8, label=f"{items[0][1]['split']} loss")
+    return fig
+
+
 def save(fig: Figure, path: str) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
