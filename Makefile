@@ -34,7 +34,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check genbound tests
+	$(BIN)/ruff check genbound tests benchmarks
 
 clean-demo:
 	rm -rf runs/demo

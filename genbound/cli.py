@@ -253,6 +253,38 @@ def cmd_study(args: argparse.Namespace) -> None:
     write_comparison(compare(runs), Path(study.report), study.name)
 
 
+HESSIAN_HELP = {
+    "params": "trainable | adapters | all | dw", "top_k": "top eigenvalues (Lanczos)",
+    "trace": "Hutchinson and Hutch++",
+    "density": "spectral density by stochastic Lanczos quadrature", "samples": "training examples in the loss",
+    "batch": "examples per forward pass", "seed": "data subsample and probes",
+    "backend": "genbound | pyhessian (cross-check)", "repeats": "independent data subsamples (their mean and std)",
+    "probes": "HVPs per trace estimator", "lanczos_steps": "Lanczos steps", "tol": "relative residual tolerance",
+    "hvp": "auto | forward-over-reverse | double-backward", "dtype": "float32 | float64",
+}
+
+
+def cmd_hessian(args: argparse.Namespace) -> None:
+    from . import plots
+    from .checkpoint import load
+    from .hessian import HessianOptions, hessian_analysis, render
+    from .train import pick_device
+
+    opts = config_from(args, HessianOptions)
+    results = {}
+    for path in args.ckpt:
+        loaded = load(path, device=pick_device(args.device), base=args.base)
+        r = hessian_analysis(loaded, opts, progress=not args.quiet)
+        r["checkpoint"] = str(path)
+        folder = Path(path).name
+        results[folder if r["method"] in folder else f"{r['method']} ({folder})"] = r
+        print(render(r))
+    if args.plot:
+        plots.save(plots.hessian_figure(results), args.plot)
+    write_json(args.json, next(iter(results.values())) if len(results) == 1
+               else {"schema": "genbound.hessian-set/1", "results": list(results.values())})
+
+
 LANDSCAPE_HELP = {
     "dirs": "random (filter-normalized Gaussian) | pca (top-2 directions of the saved trajectory)",
     "space": "trainable | delta (dW of each adapted matrix) | all", "grid": "points per axis (odd)",
@@ -308,6 +340,7 @@ def cmd_import_peft(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .compute import ComputeOptions
+    from .hessian import HessianOptions
     from .landscape import LandscapeOptions
     from .train import TrainConfig
 
@@ -336,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("study", "run a study file: train the grid, analyse every checkpoint, compare", cmd_study,
          lambda p: (p.add_argument("study", help="analysis/NAME.toml"),
                     p.add_argument("--device", default="auto", help="auto | cpu | cuda"))),
+        ("hessian", "top eigenvalues, trace and spectral density of the training loss's Hessian", cmd_hessian,
+         lambda p: (analysis_options(p, multiple=True), add_dataclass_options(p, HessianOptions, HESSIAN_HELP),
+                    p.add_argument("--plot", metavar="FILE.png", help="the spectral density (with --density)"))),
         ("landscape", "1-D and 2-D loss slices with random or trajectory-PCA directions, batched", cmd_landscape,
          lambda p: (analysis_options(p, multiple=True),
                     add_dataclass_options(p, LandscapeOptions, LANDSCAPE_HELP, flags={"one_d": "--1d"}),

@@ -144,6 +144,22 @@ def landscape_figure(results: dict[str, dict], surface: bool = False) -> Figure:
     return fig
 
 
+def hessian_figure(results: dict[str, dict]) -> Figure:
+    """SLQ spectral densities on a log scale (one line per checkpoint), top eigenvalues marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for i, (label, r) in enumerate(results.items()):
+        colour = plt.cm.tab10(i % 10)
+        if "density" in r:
+            ax.semilogy(r["density"]["grid"], r["density"]["values"], color=colour, lw=1, label=label)
+        for ev in r.get("eigenvalues") or []:
+            ax.axvline(ev, color=colour, ls=":", lw=0.8)
+    ax.set(xlabel="eigenvalue", ylabel="density (SLQ, Gaussian broadening)", title="Hessian spectrum")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: str) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)

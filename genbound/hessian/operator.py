@@ -9,11 +9,20 @@ where ``rest`` are every other parameter and buffer of the model, held fixed (de
 in eval mode (no dropout). ``HessianOperator.matmat(V)`` returns H v for each row v of V without forming
 H, one pass over the subsample's batches per group of ``probe_batch`` vectors:
 
-- forward-over-reverse (default): H v = d/dt grad L(theta + t v) at t = 0, i.e.
+- forward-over-reverse: H v = d/dt grad L(theta + t v) at t = 0, i.e.
   ``torch.func.jvp(torch.func.grad(L), (theta,), (v,))``, vectorized over the probes with ``torch.func.vmap``
   (the primal forward/backward is shared, only the tangents are batched);
 - double backward (Pearlmutter 1994): H v = grad_theta <grad_theta L, v>, from one gradient graph per
-  batch that is reused for every probe of the group.
+  batch that is reused for every probe of the group; with ``cache_graphs`` the graphs of every batch are
+  kept for the operator's lifetime (memory: the activations of the whole subsample), so an HVP is then one
+  backward pass through the gradient graph and no forward pass;
+- auto (default): double backward for a single vector (Lanczos), forward-over-reverse for a group of
+  probes (double backward there too if forward-over-reverse raises for an op of the model, recorded in
+  ``fallback_reason``; with ``cache_graphs`` always double backward). Measured on CPU (one thread): for one
+  vector, torch.func's jvp-of-grad costs 3-10 gradients (its transforms run Python decompositions of the
+  backward ops) and double backward ~2 (cached graphs ~1.2); for a vmapped group of 8 probes the
+  forward-over-reverse cost is ~1.2-1.7 gradients per probe. benchmarks/hessian_speed.py measures all of
+  them on the GPU.
 
 Both run the attention kernels in PyTorch's composite "math" form: the fused SDPA kernels have neither
 forward-mode derivatives nor second derivatives. Like curvlinops, the operator is over a parameter dict;
@@ -40,7 +49,7 @@ from ..methods import generator
 from ..train import batch_of
 
 PARAM_SETS = ("trainable", "adapters", "all", "dw")
-HVP_MODES = ("forward-over-reverse", "double-backward")
+HVP_MODES = ("auto", "forward-over-reverse", "double-backward")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LINK_TENSORS = ("lora_A", "lora_B", "columns")
 
@@ -149,7 +158,7 @@ class HessianOperator:
     ``n_passes`` the data passes (a pass serves up to ``probe_batch`` probes)."""
 
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor], batches: list[Batch],
-                 hvp: str = "forward-over-reverse", probe_batch: int = 8):
+                 hvp: str = "auto", probe_batch: int = 8, cache_graphs: bool = False):
         if hvp not in HVP_MODES:
             raise GenboundError(f"--hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
         if not batches or sum(len(b) for b in batches) == 0:
@@ -157,6 +166,9 @@ class HessianOperator:
         if probe_batch <= 0:
             raise GenboundError(f"--probe-batch must be positive; got {probe_batch}")
         self.model, self.batches, self.hvp, self.probe_batch = model, batches, hvp, probe_batch
+        self.cache_graphs = cache_graphs
+        self._graphs: list | None = None
+        self.fallback_reason: str | None = None
         self.params = {n: p.detach() for n, p in params.items()}
         self.names = list(self.params)
         self.shapes = [p.shape for p in self.params.values()]
@@ -219,15 +231,28 @@ class HessianOperator:
         out = [self._hvp_chunk(V[lo:lo + self.probe_batch]) for lo in range(0, V.shape[0], self.probe_batch)]
         return torch.cat(out) if out else V.clone()
 
+    def mode_for(self, count: int) -> str:
+        """The HVP implementation used for a group of ``count`` probes (resolves "auto")."""
+        if self.hvp != "auto":
+            return self.hvp
+        if count == 1 or self.cache_graphs or self.fallback_reason is not None:
+            return "double-backward"
+        return "forward-over-reverse"
+
     def _hvp_chunk(self, V: torch.Tensor) -> torch.Tensor:
         tangents = self.unflatten(V)
-        total = torch.zeros_like(V)
+        mode = self.mode_for(V.shape[0])
         with math_attention():
-            for b in self.batches:
-                if self.hvp == "forward-over-reverse":
-                    total += self._forward_over_reverse(tangents, b, V.shape[0])
-                else:
-                    total += self._double_backward(tangents, b, V.shape[0])
+            try:
+                total = sum(self._forward_over_reverse(tangents, b, V.shape[0]) if mode == "forward-over-reverse"
+                            else self._double_backward(tangents, i, V.shape[0]) for i, b in enumerate(self.batches))
+            except (NotImplementedError, RuntimeError) as err:
+                if self.hvp != "auto" or mode != "forward-over-reverse":
+                    raise
+                # auto: an op of this model without a forward-mode or batching rule; use double backward from
+                # now on and say so in the result (fallback_reason)
+                self.fallback_reason = f"forward-over-reverse failed ({str(err).splitlines()[0][:200]})"
+                total = sum(self._double_backward(tangents, i, V.shape[0]) for i in range(len(self.batches)))
         self.n_hvp += V.shape[0]
         self.n_passes += 1
         if self.on_pass is not None:
@@ -242,20 +267,31 @@ class HessianOperator:
             return self.flatten(hv)[None]
         return self.flatten(torch.func.vmap(hvp)(tangents), lead=1)
 
-    def _double_backward(self, tangents: dict[str, torch.Tensor], batch: Batch, count: int) -> torch.Tensor:
-        out = torch.zeros(count, self.dim, dtype=self.dtype, device=self.device)
+    def _gradient_graph(self, i: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Leaves theta and the gradient of batch i's loss share built with create_graph (only the entries
+        that depend on theta: a gradient entry constant in theta has H v = 0 there)."""
+        if self._graphs is not None and self._graphs[i] is not None:
+            return self._graphs[i]
         with torch.enable_grad():
-            p = {n: t.clone().requires_grad_() for n, t in self.params.items()}
-            grads = torch.autograd.grad(self.batch_loss(p, batch), list(p.values()), create_graph=True,
-                                        materialize_grads=True)
-            live = [i for i, g in enumerate(grads) if g.requires_grad]  # a gradient constant in theta has H v = 0
-            leaves = list(p.values())
+            leaves = [t.clone().requires_grad_() for t in self.params.values()]
+            loss = self.batch_loss(dict(zip(self.names, leaves)), self.batches[i])
+            grads = torch.autograd.grad(loss, leaves, create_graph=True, materialize_grads=True)
+        graph = (leaves, [(j, g) for j, g in enumerate(grads) if g.requires_grad])
+        if self.cache_graphs:
+            if self._graphs is None:
+                self._graphs = [None] * len(self.batches)
+            self._graphs[i] = graph
+        return graph
+
+    def _double_backward(self, tangents: dict[str, torch.Tensor], i: int, count: int) -> torch.Tensor:
+        out = torch.zeros(count, self.dim, dtype=self.dtype, device=self.device)
+        leaves, live = self._gradient_graph(i)
+        if not live:
+            return out
+        with torch.enable_grad():
             for j in range(count):
-                if not live:
-                    break
-                hv = torch.autograd.grad([grads[i] for i in live], leaves,
-                                         [tangents[self.names[i]][j] for i in live],
-                                         retain_graph=j < count - 1, materialize_grads=True)
+                hv = torch.autograd.grad([g for _, g in live], leaves, [tangents[self.names[k]][j] for k, _ in live],
+                                         retain_graph=self.cache_graphs or j < count - 1, materialize_grads=True)
                 out[j] = self.flatten(list(hv))
         return out
 

@@ -1,0 +1,276 @@
+"""`genbound hessian`: top eigenvalues, trace and spectral density of the training-loss Hessian of one
+checkpoint (THEORY.md section 8). ``hessian_analysis(loaded, options)`` returns a JSON-able dict; ``render``
+prints it. Every estimate carries its uncertainty: Ritz residuals for eigenvalues, standard errors for
+traces, and with ``repeats`` > 1 the spread over independent data subsamples.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import Loaded
+from ..errors import GenboundError
+from ..methods import generator
+from .estimators import WHICH, device_generator, hutchinson, hutchpp, lanczos_top, slq_density
+from .operator import (DTYPES, HVP_MODES, PARAM_SETS, HessianOperator, select_params, training_batches,
+                       working_model)
+
+SCHEMA = "genbound.hessian/1"
+BACKENDS = ("genbound", "pyhessian")
+
+
+@dataclass
+class HessianOptions:
+    params: str = "trainable"  # trainable | adapters | all | dw (dense dW of each adapted matrix + head)
+    top_k: int = 5  # eigenvalues wanted (0 = none)
+    which: str = "largest"  # largest (algebraic) | magnitude (what power iteration / pyhessian finds)
+    trace: bool = False  # Hutchinson and Hutch++ traces
+    density: bool = False  # SLQ spectral density
+    samples: int = 512  # training examples in the loss (a seeded subsample)
+    batch: int = 128  # examples per forward pass
+    seed: int = 0  # subsample and probe vectors
+    backend: str = "genbound"  # genbound | pyhessian (cross-check: power iteration and Hutchinson)
+    repeats: int = 1  # independent data subsamples; > 1 reports their mean and std
+    probes: int = 30  # HVPs for each trace estimator
+    lanczos_steps: int = 100  # max Lanczos steps for the top-k; steps per SLQ probe
+    tol: float = 1e-3  # relative residual tolerance of the top-k (pyhessian: its relative-change tolerance)
+    hvp: str = "auto"  # forward-over-reverse | double-backward | auto (double backward for one vector, else f-o-r)
+    cache_graphs: bool = False  # keep every batch's gradient graph: HVPs without forward passes (memory!)
+    dtype: str = "float32"  # float32 | float64 (bf16/fp16 models are evaluated in float32)
+    probe_batch: int = 8  # probe vectors per data pass (memory vs speed)
+    density_probes: int = 5  # SLQ probes
+    density_sigma: float | None = None  # Gaussian broadening; None = 1% of the Ritz-value range
+    density_grid: int = 1000  # grid points (more when sigma is small)
+    max_iter: int = 1000  # pyhessian: power iterations per eigenvalue
+    timing: bool = True  # measure one gradient and one HVP (a few extra passes)
+
+
+def check_options(opts: HessianOptions) -> None:
+    choices = {"params": PARAM_SETS, "backend": BACKENDS, "hvp": HVP_MODES, "dtype": tuple(DTYPES), "which": WHICH}
+    for key, allowed in choices.items():
+        if getattr(opts, key) not in allowed:
+            raise GenboundError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}; got "
+                                f"{getattr(opts, key)!r}")
+    positive = ("samples", "batch", "repeats", "lanczos_steps", "probe_batch", "density_grid", "max_iter")
+    for key in positive:
+        if getattr(opts, key) < 1:
+            raise GenboundError(f"--{key.replace('_', '-')} must be at least 1; got {getattr(opts, key)}")
+    if opts.top_k < 0:
+        raise GenboundError(f"--top-k must be >= 0; got {opts.top_k}")
+    if not opts.tol > 0:
+        raise GenboundError(f"--tol must be positive; got {opts.tol}")
+    if opts.trace and opts.probes < (1 if opts.backend == "pyhessian" else 3):
+        raise GenboundError(f"--probes must be at least 3 for the traces (Hutch++ uses thirds); got {opts.probes}")
+    if opts.density and opts.backend == "pyhessian":
+        raise GenboundError("--density is not available with --backend pyhessian (its density() calls the removed "
+                            "torch.eig); use --backend genbound")
+    if opts.density and opts.density_probes < 1:
+        raise GenboundError(f"--density-probes must be at least 1; got {opts.density_probes}")
+    if opts.top_k == 0 and not opts.trace and not opts.density:
+        raise GenboundError("nothing to compute: ask for --top-k >= 1, --trace or --density")
+
+
+def _repeat_seed(seed: int, repeat: int) -> int:
+    return seed if repeat == 0 else int(torch.randint(2**31, (1,), generator=generator(seed, "hessian-repeat", repeat)))
+
+
+def _timed(fn, device: torch.device, repeats: int = 3) -> float:
+    """Median seconds of ``fn`` after one warm-up call, synchronized on CUDA."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def measure_costs(op: HessianOperator, seed: int = 0) -> dict:
+    """Seconds of one gradient and one HVP over the whole subsample, and of a batched HVP per probe.
+    The gradient is timed with the same (math) attention kernels as the HVPs and with the default ones."""
+    gen = device_generator(op.device, seed, "timing")
+    v = torch.randn(op.dim, generator=gen, device=op.device, dtype=op.dtype)
+    V = torch.randn(op.probe_batch, op.dim, generator=gen, device=op.device, dtype=op.dtype)
+    counts = (op.n_hvp, op.n_passes)
+    grad = _timed(op.gradient, op.device)
+    grad_default = _timed(lambda: op.gradient(math_kernels=False), op.device)
+    hvp = _timed(lambda: op.matvec(v), op.device)
+    batched = _timed(lambda: op.matmat(V), op.device, repeats=1) / op.probe_batch
+    op.n_hvp, op.n_passes = counts
+    return {"grad_seconds_per_call": grad, "grad_seconds_per_call_default_kernels": grad_default,
+            "hvp_seconds_per_call": hvp, "hvp_seconds_per_probe_batched": batched,
+            "probe_batch": op.probe_batch, "hvp_over_grad": hvp / grad, "hvp_batched_over_grad": batched / grad,
+            "hvp_single": op.mode_for(1), "hvp_batched": op.mode_for(op.probe_batch), "cached_graphs": op.cache_graphs,
+            "device": str(op.device),
+            "note": "one call = one pass over the whole subsample; median of 3 after a warm-up"}
+
+
+def genbound_estimates(op: HessianOperator, opts: HessianOptions, seed: int, density: bool) -> dict:
+    """Lanczos top-k, Hutchinson + Hutch++ traces and the SLQ density on one operator."""
+    out: dict = {"eigenvalues": [], "residuals": [], "n_hvp_by_stage": {}}
+    if opts.top_k:
+        eig = lanczos_top(op, opts.top_k, opts.lanczos_steps, opts.tol, seed, which=opts.which)
+        order = "largest algebraic" if opts.which == "largest" else "largest in magnitude"
+        out.update(eigenvalues=eig.eigenvalues, residuals=eig.residuals, residual_estimates=eig.residual_estimates,
+                   eigen_steps=eig.steps, eigen_converged=eig.converged,
+                   eigen_method=f"Lanczos with full reorthogonalization ({order} eigenvalues)")
+        out["n_hvp_by_stage"]["eigenvalues"] = eig.n_hvp
+    if opts.trace:
+        h, hpp = hutchinson(op, opts.probes, seed), hutchpp(op, opts.probes, seed)
+        out.update(trace=hpp["trace"], trace_stderr=hpp["stderr"], trace_estimator="hutch++", hutchinson=h,
+                   hutchpp=hpp)
+        out["n_hvp_by_stage"]["trace"] = h["n_hvp"] + hpp["n_hvp"]
+    if density:
+        d = slq_density(op, opts.density_probes, opts.lanczos_steps, seed, opts.density_sigma, opts.density_grid)
+        out["density"] = d
+        out["n_hvp_by_stage"]["density"] = d["n_hvp"]
+    out["n_hvp"] = sum(out["n_hvp_by_stage"].values())
+    return out
+
+
+def pyhessian_estimates(op: HessianOperator, opts: HessianOptions, seed: int) -> dict:
+    """PyHessian's eigenvalues() and trace() on the operator's model, data and parameters; the residuals of
+    its eigenvectors are measured with genbound's HVP (k more HVPs, not counted in its n_hvp)."""
+    from .pyhessian_backend import PyHessianRun
+
+    run = PyHessianRun(op, seed)
+    out: dict = {"eigenvalues": [], "residuals": [], "n_hvp_by_stage": {}}
+    if opts.top_k:
+        e = run.eigenvalues(opts.top_k, opts.tol, opts.max_iter)
+        Y = e["vectors"] / e["vectors"].norm(dim=1, keepdim=True)
+        lam = torch.tensor(e["eigenvalues"], dtype=op.dtype, device=op.device)
+        res = (op.matmat(Y) - lam[:, None] * Y).norm(dim=1)
+        out.update(eigenvalues=e["eigenvalues"], residuals=res.double().cpu().tolist(),
+                   eigen_method="power iteration with deflation (pyhessian 0.1, largest magnitude, stops when "
+                                "successive estimates change by < tol)", eigen_seconds=e["seconds"],
+                   seconds_per_hvp=e["seconds"] / max(1, e["n_hvp"]))
+        out["n_hvp_by_stage"]["eigenvalues"] = e["n_hvp"]
+    if opts.trace:
+        t = run.trace(opts.probes, opts.tol)
+        out.update(trace=t["trace"], trace_stderr=t["stderr"], hutchinson=t,
+                   trace_estimator="hutchinson (pyhessian 0.1, stops when the running mean changes by < tol)")
+        out["n_hvp_by_stage"]["trace"] = t["n_hvp"]
+    out["n_hvp"] = sum(out["n_hvp_by_stage"].values())
+    return out
+
+
+def _spread(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize_repeats(runs: list[dict]) -> dict:
+    """Mean and std (n - 1) over the data subsamples of every eigenvalue and trace estimate."""
+    out: dict = {"count": len(runs), "per_repeat": [
+        {k: r.get(k) for k in ("eigenvalues", "trace", "trace_stderr", "samples_seed")} for r in runs]}
+    k = min(len(r["eigenvalues"]) for r in runs)
+    if k:
+        cols = [[r["eigenvalues"][i] for r in runs] for i in range(k)]
+        out["eigenvalues_mean"] = [_spread(c)[0] for c in cols]
+        out["eigenvalues_std"] = [_spread(c)[1] for c in cols]
+    if runs[0].get("trace") is not None:
+        out["trace_mean"], out["trace_std"] = _spread([r["trace"] for r in runs])
+        out["trace_hutchinson_mean"], out["trace_hutchinson_std"] = _spread([r["hutchinson"]["trace"] for r in runs])
+    out["note"] = ("std over independent training subsamples (and fresh probes): the data-subsample variance plus "
+                   "the estimators' own noise; the density is computed on the first subsample only")
+    return out
+
+
+def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = False) -> dict:
+    """Every number of `genbound hessian` for one loaded checkpoint (see the module docstring)."""
+    start = time.perf_counter()
+    check_options(opts)
+    dtype = DTYPES[opts.dtype]
+    model = working_model(loaded.model, dtype)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(desc=f"hessian ({opts.backend})", unit="pass", disable=not progress, dynamic_ncols=True)
+    runs, costs = [], None
+    try:
+        params = select_params(model, loaded.built, opts.params)
+        n = sum(p.numel() for p in params.values())
+        if opts.top_k > n:
+            raise GenboundError(f"--top-k {opts.top_k} is larger than the dimension of the parameter set "
+                                f"--params {opts.params} ({n})")
+        for r in range(opts.repeats):
+            seed = _repeat_seed(opts.seed, r)
+            batches = training_batches(loaded, opts.samples, opts.batch, opts.seed, dtype, repeat=r)
+            op = HessianOperator(model, params, batches, opts.hvp, opts.probe_batch, opts.cache_graphs)
+            op.on_pass = lambda: bar.update(1)
+            if opts.backend == "genbound":
+                est = genbound_estimates(op, opts, seed, density=opts.density and r == 0)
+            else:
+                est = pyhessian_estimates(op, opts, seed)
+            est.update(samples_seed=r, loss=op.loss(), samples=op.n_examples, hvp_single=op.mode_for(1),
+                       hvp_batched=op.mode_for(opts.probe_batch), hvp_fallback=op.fallback_reason)
+            runs.append(est)
+            if r == 0 and opts.timing and opts.backend == "genbound":
+                costs = measure_costs(op, opts.seed)
+    finally:
+        bar.close()
+        model.train(was_training)
+    man = loaded.manifest
+    out = {"schema": SCHEMA, "checkpoint": man.get("created"), "method": man["method"]["name"],
+           "rank": man["method"]["rank"], "chain_k": man["method"]["chain_k"], "backend": opts.backend,
+           "params": opts.params, "param_tensors": [{"name": k, "shape": list(v.shape)} for k, v in params.items()],
+           "n_params": n, "n_train": len(loaded.task.train), "samples_requested": opts.samples, "batch": opts.batch,
+           "seed": opts.seed, "dtype": opts.dtype,
+           "model_dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", ""),
+           "hvp": opts.hvp, "top_k": opts.top_k, "which": opts.which, "trace": None, "trace_stderr": None, **runs[0]}
+    out.pop("samples_seed")
+    if opts.repeats > 1:
+        out["repeats"] = summarize_repeats(runs)
+        if opts.samples >= len(loaded.task.train):
+            out["repeats"]["note"] += ("; --samples covers the whole training split, so every repeat uses the same "
+                                       "data and the std is the estimators' noise only")
+        out["n_hvp_all_repeats"] = sum(r["n_hvp"] for r in runs)
+    out["timing"] = costs
+    out["wall_seconds"] = time.perf_counter() - start
+    out["options"] = asdict(opts)
+    return out
+
+
+def _g(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.6g}"
+
+
+def render(r: dict) -> str:
+    """The readable summary of one hessian result."""
+    lines = [f"{r['method']} r={r['rank']} k={r['chain_k']}  Hessian of the mean training CE over "
+             f"{r['samples']} examples (of {r['n_train']}), --params {r['params']}: n = {r['n_params']:,}, "
+             f"{r['dtype']}, backend {r['backend']}, loss {r['loss']:.5g}"]
+    if r["eigenvalues"]:
+        lines.append(f"top {len(r['eigenvalues'])} eigenvalues ({r['eigen_method']}):")
+        for i, (lam, res) in enumerate(zip(r["eigenvalues"], r["residuals"]), 1):
+            lines.append(f"  {i:>3}  {lam:>14.6g}   residual ||Hv - lambda v|| {res:.2e}")
+    if r["trace"] is not None:
+        lines.append(f"trace ({r['trace_estimator']}): {_g(r['trace'])} +- {_g(r['trace_stderr'])}")
+        if "hutchpp" in r:
+            h = r["hutchinson"]
+            lines.append(f"  Hutchinson ({h['probes']} probes): {_g(h['trace'])} +- {_g(h['stderr'])}")
+    if "density" in r:
+        d = r["density"]
+        lines.append(f"density: SLQ, {d['probes']} probes x {d['steps']} steps, sigma {d['sigma']:.3g}, "
+                     f"{len(d['grid'])} grid points, integral {d['integral']:.6f}")
+    if "repeats" in r:
+        rep = r["repeats"]
+        lines.append(f"over {rep['count']} data subsamples (mean +- std):")
+        for i, (mu, sd) in enumerate(zip(rep.get("eigenvalues_mean", []), rep.get("eigenvalues_std", [])), 1):
+            lines.append(f"  lambda_{i}: {mu:.6g} +- {_g(sd)}")
+        if "trace_mean" in rep:
+            lines.append(f"  trace: {rep['trace_mean']:.6g} +- {_g(rep['trace_std'])}")
+    t = r.get("timing")
+    cost = (f"; one HVP = {t['hvp_over_grad']:.2f} gradients ({t['hvp_batched_over_grad']:.2f} batched x"
+            f"{t['probe_batch']})" if t else "")
+    if "seconds_per_hvp" in r:
+        cost = f"; {r['seconds_per_hvp']:.3g} s per pyhessian HVP"
+    lines.append(f"{r['n_hvp']} HVPs, {r['wall_seconds']:.1f} s{cost}")
+    return "\n".join(lines)
