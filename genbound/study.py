@@ -303,7 +303,9 @@ def per_method(rows: list[dict], key: str) -> dict[tuple, tuple[float, float, in
 def render_report(result: dict, title: str) -> str:
     """README.md of a comparison: per-method table over seeds, every checkpoint, and the measure ranking."""
     rows = result["rows"]
-    lines = [f"# {title}", "", f"{len(rows)} checkpoints of {rows[0]['model']} on {rows[0]['data']}.", "",
+    model = rows[0]["model"]
+    model = Path(model).name if "/" in model else model
+    lines = [f"# {title}", "", f"{len(rows)} checkpoints of {model} on {rows[0]['data']}.", "",
              "## Accuracy and gap per method (mean +- std over seeds)", "",
              "| method | r | seeds | D paper | test acc | gap 0-1 | gap CE | paper bound | compression bound |",
              "|---|---|---|---|---|---|---|---|---|"]
