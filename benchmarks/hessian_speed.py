@@ -22,48 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from benchlib import add_output_options, median_seconds, setup_device, wall
+
 from genbound import checkpoint
 from genbound.hessian import HessianOperator, lanczos_top, select_params, training_batches, working_model
 from genbound.hessian.pyhessian_backend import PyHessianRun
-from genbound.train import pick_device
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def per_call(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of fn() after two warm-up calls (CUDA events on the GPU)."""
-    fn()
-    fn()
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            out.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return statistics.median(out)
-
-
-def wall(fn, device: torch.device):
-    sync(device)
-    t0 = time.perf_counter()
-    result = fn()
-    sync(device)
-    return result, time.perf_counter() - t0
 
 
 def costs(ops: dict[str, HessianOperator], device: torch.device, repeats: int, probe_batch: int) -> dict:
@@ -72,11 +39,11 @@ def costs(ops: dict[str, HessianOperator], device: torch.device, repeats: int, p
     gen = torch.Generator(device=device).manual_seed(0)
     v = torch.randn(op.dim, generator=gen, device=device, dtype=op.dtype)
     V = torch.randn(probe_batch, op.dim, generator=gen, device=device, dtype=op.dtype)
-    out = {"grad": per_call(lambda: op.gradient(math_kernels=False), device, repeats),
-           "grad_math_attention": per_call(op.gradient, device, repeats)}
+    out = {"grad": median_seconds(lambda: op.gradient(math_kernels=False), device, repeats),
+           "grad_math_attention": median_seconds(op.gradient, device, repeats)}
     for name, o in ops.items():
-        out[f"hvp_{name}"] = per_call(lambda o=o: o.matvec(v), device, repeats)
-        out[f"hvp_{name}_batched_per_probe"] = per_call(lambda o=o: o.matmat(V), device, repeats) / probe_batch
+        out[f"hvp_{name}"] = median_seconds(lambda o=o: o.matvec(v), device, repeats)
+        out[f"hvp_{name}_batched_per_probe"] = median_seconds(lambda o=o: o.matmat(V), device, repeats) / probe_batch
     return out
 
 
@@ -93,14 +60,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per cost")
     ap.add_argument("--probe-batch", type=int, default=8)
     ap.add_argument("--no-cache", action="store_true", help="skip the cached-graph variant (it keeps all activations)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    ap.add_argument("--name", default="hessian_speed")
-    ap.add_argument("--out", default="reports/performance")
+    add_output_options(ap, "hessian_speed")
     args = ap.parse_args()
-    device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = setup_device(args)
     loaded = checkpoint.load(args.ckpt, device)
     model = working_model(loaded.model, torch.float32)
     params = select_params(model, loaded.built, args.params)

@@ -19,26 +19,22 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchlib import setup_device, wall
+
 from genbound import checkpoint
 from genbound.landscape import (build_space, eval_subset, evaluate_points, evaluate_points_loop, grid_axis,
                                 random_directions, read_trajectory, trajectory_directions)
-from genbound.train import pick_device
 
 
 def timed(fn, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0, out
+    """(synchronized wall seconds of one call, fn's result)."""
+    result, seconds = wall(fn, device)
+    return seconds, result
 
 
 def run_setting(space, dirs, pts, data, args, device: torch.device) -> list[dict]:
@@ -116,9 +112,7 @@ def main() -> None:
     ap.add_argument("--name", default="landscape_speed")
     ap.add_argument("--out", default="reports/performance")
     args = ap.parse_args()
-    device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = setup_device(args)
     loaded = checkpoint.load(args.ckpt, device)
     space = build_space(loaded, args.space, args.attention)
     if args.dirs == "random":

@@ -12,33 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from benchlib import median_seconds
+
 from genbound.layers import LowRank
 from genbound.spectra import lowrank_singular_values
-
-
-def timed(fn, device: torch.device, repeats: int) -> list[float]:
-    fn()  # warm-up (kernels, workspaces)
-    fn()
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            out.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return out
 
 
 def main() -> None:
@@ -60,13 +41,12 @@ def main() -> None:
             B = torch.randn(args.n, k, generator=g, device=device, dtype=dtype)
             A = torch.randn(k, args.n, generator=g, device=device, dtype=dtype)
             factors = LowRank(B, A, None)
-            dense_t = timed(lambda B=B, A=A: torch.linalg.svdvals(B @ A), device, args.repeats)
-            low_t = timed(lambda f=factors: lowrank_singular_values(f), device, args.repeats)
+            dense_s = median_seconds(lambda B=B, A=A: torch.linalg.svdvals(B @ A), device, args.repeats)
+            low_s = median_seconds(lambda f=factors: lowrank_singular_values(f), device, args.repeats)
             ref = torch.linalg.svdvals((B @ A).double())[:k]
             err = float(((lowrank_singular_values(factors)[:k] - ref).abs() / ref[0]).max())
             rows.append({"n": args.n, "m": args.n, "rank": args.rank, "links": links, "K": k, "dtype": dtype_name,
-                         "dense_median_s": statistics.median(dense_t), "lowrank_median_s": statistics.median(low_t),
-                         "speedup": statistics.median(dense_t) / statistics.median(low_t),
+                         "dense_median_s": dense_s, "lowrank_median_s": low_s, "speedup": dense_s / low_s,
                          "max_rel_error_vs_float64_dense": err, "repeats": args.repeats})
             print(json.dumps(rows[-1]))
     info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,

@@ -30,13 +30,7 @@ def small(name):
     return TINY if name == "bert" else SMALL
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one CPU thread is faster, and avoids OpenMP spinning on a busy machine (10x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
