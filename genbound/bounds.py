@@ -64,7 +64,8 @@ def log10_prod_diff(a: Sequence[float], d: Sequence[float]) -> float:
     return math.fsum(math.log10(x) for x in a) + math.log10(math.expm1(growth))
 
 
-def _log10_sum(logs: Sequence[float]) -> float:
+def log10_sum(logs: Sequence[float]) -> float:
+    """log10(sum 10**x) without overflow; -inf entries are zeros."""
     finite = [x for x in logs if x > -math.inf]
     if not finite:
         return -math.inf
@@ -88,7 +89,7 @@ def log10_phi(a: Sequence[float], d: Sequence[float], C: float, lips: Sequence[f
     for s in range(1, L):  # offset of activation s feeds layers s+1..L (0-based: a[s:])
         terms.append(_safe_log10(offsets[s - 1]) + math.fsum(_safe_log10(x) for x in lips[s:])
                      + log10_prod_diff(a[s:], d[s:]))
-    return math.log10(2 * l_loss) + _log10_sum(terms)
+    return math.log10(2 * l_loss) + log10_sum(terms)
 
 
 def _safe_log10(x: float) -> float:

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,15 @@ class Loaded:
     task: Task
     built: Built
     device: torch.device
+    base: str | None = None
+    _initial: Built | None = field(default=None, repr=False)
+
+    def initial(self) -> Built:
+        """The same model before fine-tuning (fresh head and links from the seed), built once, eval mode."""
+        if self._initial is None:
+            self._initial = build_from_manifest(self.manifest, self.task, self.base)
+            self._initial.model.to(self.device).eval()
+        return self._initial
 
 
 def build_from_manifest(man: dict, task: Task, base: str | None = None) -> Built:
@@ -161,4 +170,4 @@ def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None 
     assign_state(built.model, tensors, str(ckpt / ADAPTER))
     dev = torch.device(device)
     built.model.to(dev).eval()
-    return Loaded(built.model, man, task, built, dev)
+    return Loaded(built.model, man, task, built, dev, base)

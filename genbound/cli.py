@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -130,7 +131,7 @@ def cmd_compute(args: argparse.Namespace) -> None:
 
     ckpt = resolve_ckpt(args)
     loaded = load(ckpt, device=pick_device(args.device), base=args.base)
-    result = compute(loaded, config_from(args, ComputeOptions), base=args.base)
+    result = compute(loaded, config_from(args, ComputeOptions))
     print(render(result))
     write_json(args.json, result)
 
@@ -165,21 +166,10 @@ def analysis_options(p: argparse.ArgumentParser, multiple: bool = False) -> None
 
 
 def cmd_spectrum(args: argparse.Namespace) -> None:
-    from .checkpoint import load
     from .spectra import checkpoint_spectrum
-    from .train import pick_device
 
-    results = {}
-    for path in args.ckpt:
-        loaded = load(path, device=pick_device(args.device), base=args.base)
-        try:
-            r = checkpoint_spectrum(loaded, intruders=args.intruders, top_k=args.top_k, base=args.base)
-        except GenboundError as err:
-            raise GenboundError(f"{path}: {err}") from None
-        r["checkpoint"] = str(path)
-        folder, method = Path(path).name, r["method"]
-        results[folder if method in folder else f"{method} ({folder})"] = r
-        print(render_spectrum(r))
+    results = analyse_each(args, lambda loaded, path: checkpoint_spectrum(loaded, args.intruders, args.top_k),
+                           render_spectrum)
     if args.plot:
         from . import plots
 
@@ -188,10 +178,35 @@ def cmd_spectrum(args: argparse.Namespace) -> None:
         if args.intruders:
             stem = Path(args.plot)
             plots.save(plots.intruder_figure(results), str(stem.with_name(stem.stem + "-intruders" + stem.suffix)))
+    write_results(args.json, results, "spectrum")
+
+
+def analyse_each(args: argparse.Namespace, analysis: Callable, render: Callable[[dict], str]) -> dict[str, dict]:
+    """Run ``analysis(loaded, path)`` on every --ckpt; results keyed by a label (folder, with the method when
+    the folder name does not say it), each printed with ``render``."""
+    from .checkpoint import load
+    from .train import pick_device
+
+    results = {}
+    for path in args.ckpt:
+        loaded = load(path, device=pick_device(args.device), base=args.base)
+        try:
+            r = analysis(loaded, path)
+        except GenboundError as err:
+            raise GenboundError(f"{path}: {err}") from None
+        r["checkpoint"] = str(path)
+        folder, method = Path(path).name, r["method"]
+        results[folder if method in folder else f"{method} ({folder})"] = r
+        print(render(r))
+    return results
+
+
+def write_results(path: str | None, results: dict[str, dict], kind: str) -> None:
+    """--json: one result as it is, several under "results"."""
     if len(results) == 1:
-        write_json(args.json, next(iter(results.values())))
+        write_json(path, next(iter(results.values())))
     else:
-        write_json(args.json, {"schema": "genbound.spectrum-set/1", "results": list(results.values())})
+        write_json(path, {"schema": f"genbound.{kind}-set/1", "results": list(results.values())})
 
 
 def render_spectrum(r: dict) -> str:
@@ -265,23 +280,13 @@ HESSIAN_HELP = {
 
 def cmd_hessian(args: argparse.Namespace) -> None:
     from . import plots
-    from .checkpoint import load
     from .hessian import HessianOptions, hessian_analysis, render
-    from .train import pick_device
 
     opts = config_from(args, HessianOptions)
-    results = {}
-    for path in args.ckpt:
-        loaded = load(path, device=pick_device(args.device), base=args.base)
-        r = hessian_analysis(loaded, opts, progress=not args.quiet)
-        r["checkpoint"] = str(path)
-        folder = Path(path).name
-        results[folder if r["method"] in folder else f"{r['method']} ({folder})"] = r
-        print(render(r))
+    results = analyse_each(args, lambda loaded, path: hessian_analysis(loaded, opts, progress=not args.quiet), render)
     if args.plot:
         plots.save(plots.hessian_figure(results), args.plot)
-    write_json(args.json, next(iter(results.values())) if len(results) == 1
-               else {"schema": "genbound.hessian-set/1", "results": list(results.values())})
+    write_results(args.json, results, "hessian")
 
 
 LANDSCAPE_HELP = {
@@ -299,19 +304,10 @@ def cmd_landscape(args: argparse.Namespace) -> None:
     import numpy as np
 
     from . import plots
-    from .checkpoint import load
     from .landscape import LandscapeOptions, landscape_arrays, landscape_analysis, render
-    from .train import pick_device
 
     opts = config_from(args, LandscapeOptions)
-    results = {}
-    for path in args.ckpt:
-        loaded = load(path, device=pick_device(args.device), base=args.base)
-        r = landscape_analysis(loaded, opts, ckpt=path)
-        r["checkpoint"] = str(path)
-        folder = Path(path).name
-        results[folder if r["method"] in folder else f"{r['method']} ({folder})"] = r
-        print(render(r))
+    results = analyse_each(args, lambda loaded, path: landscape_analysis(loaded, opts, ckpt=path), render)
     prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     for r in results.values():
@@ -319,8 +315,7 @@ def cmd_landscape(args: argparse.Namespace) -> None:
         np.savez(prefix.with_name(name + ".npz"), **landscape_arrays(r))
     plots.save(plots.landscape_figure(results, surface=args.surface), str(prefix.with_name(prefix.name + ".png")))
     print(f"wrote {prefix}.png and {len(results)} .npz file(s)")
-    write_json(args.json, next(iter(results.values())) if len(results) == 1
-               else {"schema": "genbound.landscape-set/1", "results": list(results.values())})
+    write_results(args.json, results, "landscape")
 
 
 def cmd_export_peft(args: argparse.Namespace) -> None:
@@ -404,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"genbound {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head or less and closed early
+        sys.stdout = open(os.devnull, "w")
     return 0
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import bounds
 from .build import Built, parameter_counts
-from .checkpoint import Loaded, build_from_manifest
+from .checkpoint import Loaded
 from .errors import GenboundError
 from .layers import AdapterLinear
 from .spectra import spectral_norm, update_singular_values
@@ -144,7 +144,7 @@ def theorem1(loaded: Loaded, init: Built, inputs: dict, opts: ComputeOptions) ->
 
 
 # ---- the analysis ----------------------------------------------------------------------------------------
-def compute(loaded: Loaded, opts: ComputeOptions, base: str | None = None) -> dict:
+def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
     """Every number of `genbound compute` for one loaded checkpoint."""
     task, man, model, dev = loaded.task, loaded.manifest, loaded.model, loaded.device
     if len(task.test) == 0 or len(task.train) == 0:
@@ -161,8 +161,7 @@ def compute(loaded: Loaded, opts: ComputeOptions, base: str | None = None) -> di
     n_train = len(task.train)
     counts = parameter_counts(loaded.built)
     meth = man["method"]
-    init = build_from_manifest(man, task, base)
-    init.model.to(dev).eval()
+    init = loaded.initial()
     out = {
         "schema": SCHEMA, "checkpoint": man.get("created"), "method": meth["name"], "rank": meth["rank"],
         "alpha": meth["alpha"], "chain_k": meth["chain_k"], "n_train": n_train, "n_test": len(task.test),
@@ -185,7 +184,7 @@ def compute(loaded: Loaded, opts: ComputeOptions, base: str | None = None) -> di
     if opts.loss == "ce":
         # G(W0) <= MI bound with I(S; W0) = 0 (W0 is fixed before S is drawn); G(dW) <= the full-count MI term.
         log_a = out["log10_phi_dw"]
-        log_b = bounds._log10_sum([math.log10(out["mi_term_full"]), out["log10_phi_w0"]])
+        log_b = bounds.log10_sum([math.log10(out["mi_term_full"]), out["log10_phi_w0"]])
         out["log10_theorem1_bound"] = min(log_a, log_b)
         out["theorem1_bound"] = bounds.finite_or_none(out["log10_theorem1_bound"])
     else:

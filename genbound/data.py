@@ -35,6 +35,11 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def take(self, idx: torch.Tensor) -> Split:
+        """The examples at ``idx`` (a 1-D index tensor), in that order."""
+        x = [self.x[i] for i in idx.tolist()] if isinstance(self.x, list) else self.x[idx]
+        return Split(x, self.y[idx])
+
 
 @dataclass
 class Task:
@@ -139,9 +144,8 @@ def _class_subset(task: Task, name: str, spec: str, seed: int, n_train: int | No
     splits = []
     for split, n, what in ((task.train, n_train, "n_train"), (task.test, n_test, "n_test")):
         keep = np.flatnonzero((relabel[split.y] >= 0).numpy())
-        keep = keep[_take(len(keep), n, what, name, rng)]
-        x = [split.x[i] for i in keep] if isinstance(split.x, list) else split.x[torch.from_numpy(keep)]
-        splits.append(Split(x, relabel[split.y[torch.from_numpy(keep)]]))
+        part = split.take(torch.from_numpy(keep[_take(len(keep), n, what, name, rng)]))
+        splits.append(Split(part.x, relabel[part.y]))
     info = {**task.info, "classes": classes, "n_train": len(splits[0]), "n_test": len(splits[1])}
     return Task(name, task.kind, len(classes), splits[0], splits[1], [task.class_names[c] for c in classes], info)
 

@@ -56,7 +56,6 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .checkpoint import TRAJECTORY, Loaded
-from .data import Split
 from .errors import CheckpointError, GenboundError
 from .layers import AdapterLinear, LowRank, adapter_layers
 from .methods import COLUMNS, generator
@@ -330,8 +329,7 @@ def eval_subset(loaded: Loaded, split: str, samples: int, seed: int) -> EvalData
     if len(data) == 0:
         raise GenboundError(f"the checkpoint's {split} split is empty")
     idx = torch.randperm(len(data), generator=generator(seed, "landscape-subset"))[:samples].sort().values
-    x = [data.x[i] for i in idx.tolist()] if isinstance(data.x, list) else data.x[idx]
-    enc = loaded.built.backbone.encode(Split(x, data.y[idx]))
+    enc = loaded.built.backbone.encode(data.take(idx))
     order = torch.arange(len(idx))
     if "attention_mask" in enc:
         order = torch.sort(enc["attention_mask"].sum(1), stable=True).indices

@@ -20,6 +20,7 @@ from . import bounds
 from .build import Built, adapter_state
 from .checkpoint import Loaded
 from .compress import encode, quantize
+from .compute import losses
 from .layers import link_init
 from .train import batch_of, predict
 
@@ -84,10 +85,6 @@ def quantization_aware(model: nn.Module, pairs: dict, deltas: dict[str, torch.Te
     return {k: p.detach().cpu() for k, p in params.items()}
 
 
-def error_rate(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return (logits.argmax(-1) != y).double().mean().item()
-
-
 def logits_of_with(model: nn.Module, values: dict[str, torch.Tensor], batch: dict) -> torch.Tensor:
     out = functional_call(model, values, args=(), kwargs=batch, strict=False)
     return out if isinstance(out, torch.Tensor) else out.logits
@@ -112,7 +109,7 @@ def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts) -> di
                                            opts.qat_steps, opts.qat_lr, seed=loaded.manifest["seed"])
             code = encode(start, bits, scheme)
             _assign(loaded.model, {k: pairs[k][1] + q for k, q in code.quantized.items()})
-            errs = {s: error_rate(predict(loaded.model, inputs[s], len(ys[s]), opts.batch_size), ys[s])
+            errs = {s: losses(predict(loaded.model, inputs[s], len(ys[s]), opts.batch_size), ys[s], None, None)["err"]
                     for s in ("train", "test")}
             total = code.bits + extra
             row = {"bits": bits, "scheme": scheme, "qat_steps": opts.qat_steps, "code_bits": total,

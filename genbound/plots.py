@@ -8,17 +8,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-
-def _layer_kind(name: str) -> str:
-    leaf = name.rpartition(".")[2]
-    return name.rpartition(".")[0].rpartition(".")[2] if leaf.isdigit() else leaf
+from .spectra import layer_kind  # noqa: E402
 
 
 def spectra_figure(result: dict, title: str) -> Figure:
     """Singular values of dW per adapted matrix (log scale), one panel per layer type, darker = deeper."""
     kinds: dict[str, list[dict]] = {}
     for m in result["matrices"]:
-        kinds.setdefault(_layer_kind(m["name"]), []).append(m)
+        kinds.setdefault(layer_kind(m["name"]), []).append(m)
     fig, axes = plt.subplots(1, len(kinds) or 1, figsize=(5 * max(1, len(kinds)), 3.8), squeeze=False)
     for ax, (kind, mats) in zip(axes[0], kinds.items()):
         for i, m in enumerate(mats):
@@ -80,7 +77,7 @@ def method_figure(result: dict) -> Figure:
     """Test accuracy and the 0-1 gap per method (and rank), mean over seeds with std error bars."""
     groups: dict[str, list[dict]] = {}
     for r in result["rows"]:
-        label = r["method"] if r["params_paper"] == r["params_full"] else f"{r['method']} r{r['rank']}"
+        label = f"{r['method']} r{r['rank']}" if r["scope"] == "adapter" else r["method"]
         groups.setdefault(label, []).append(r)
     labels = sorted(groups)
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.6 * len(labels) + 4), 3.8))

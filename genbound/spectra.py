@@ -192,26 +192,28 @@ def _mean(rows, width: int) -> list[float]:
     return [sum(r[i] for r in rows) / len(rows) for i in range(width)] if rows else [0.0] * width
 
 
+def layer_kind(name: str) -> str:
+    """The layer type of a module name: its last part (query, value), or hidden for hidden.N."""
+    leaf = name.rpartition(".")[2]
+    return name.rpartition(".")[0].rpartition(".")[2] if leaf.isdigit() else leaf
+
+
 def _per_type(counts: dict[str, list[int]], width: int) -> dict[str, list[float]]:
-    """Average per layer type: the last part of the module name (query, value, hidden.N -> hidden)."""
+    """Average per layer type (``layer_kind``)."""
     groups: dict[str, list[list[int]]] = {}
     for name, row in counts.items():
-        leaf = name.rpartition(".")[2]
-        kind = name.rpartition(".")[0].rpartition(".")[2] if leaf.isdigit() else leaf
-        groups.setdefault(kind, []).append(row)
+        groups.setdefault(layer_kind(name), []).append(row)
     return {k: _mean(v, width) for k, v in groups.items()}
 
 
-def checkpoint_spectrum(loaded, intruders: bool = False, top_k: int = 10, base: str | None = None) -> dict:
+def checkpoint_spectrum(loaded, intruders: bool = False, top_k: int = 10) -> dict:
     """``spectrum`` of a loaded checkpoint's adapted matrices (full fine-tuning: the default targets)."""
-    from .checkpoint import build_from_manifest
     from .errors import GenboundError
 
     built = loaded.built
     names = built.targets or (built.backbone.targets if built.method.scope == "full" else [])
     if not names:
         raise GenboundError(f"method {built.method.name} adapts no matrix (nothing to take a spectrum of)")
-    init = build_from_manifest(loaded.manifest, loaded.task, base).model.to(loaded.device)
-    out = spectrum(loaded.model, init, names, built.backbone.sha256, intruders=intruders, top_k=top_k)
+    out = spectrum(loaded.model, loaded.initial().model, names, built.backbone.sha256, intruders=intruders, top_k=top_k)
     out.update(method=built.method.name, rank=built.rank, chain_k=built.chain)
     return out

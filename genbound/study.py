@@ -150,7 +150,7 @@ def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", load
     else:
         from .landscape import landscape_analysis
 
-        result = landscape_analysis(loaded, options)
+        result = landscape_analysis(loaded, options, ckpt=ckpt)
     checkpoint.atomic_write_text(path, json.dumps(finite_json(result), indent=1, allow_nan=False, default=_jsonable))
     return result
 
@@ -233,7 +233,8 @@ def row_of(ckpt: Path) -> dict:
     m = man["metrics"]
     row = {"checkpoint": str(ckpt), "base": man["base"]["sha256"], "model": man["base"].get("name") or
            man["base"].get("path") or man["base"]["kind"], "data": man["task"]["name"],
-           "method": man["method"]["name"], "rank": man["method"]["rank"], "chain_k": man["method"]["chain_k"],
+           "method": man["method"]["name"], "scope": man["method"]["scope"], "rank": man["method"]["rank"],
+           "chain_k": man["method"]["chain_k"],
            "seed": man["seed"], "params_paper": man["params"]["paper"], "params_full": man["params"]["full"],
            "test_acc": m["test_acc"], "train_loss": m["train_loss"], "test_loss": m["test_loss"],
            "gap_ce": m["test_loss"] - m["train_loss"], "gap_01": m["train_acc"] - m["test_acc"],
@@ -290,8 +291,7 @@ def per_method(rows: list[dict], key: str) -> dict[tuple, tuple[float, float, in
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         if isinstance(r.get(key), (int, float)):
-            groups.setdefault((r["method"], r["rank"] if r["params_paper"] != r["params_full"] else "-"),
-                              []).append(r[key])
+            groups.setdefault((r["method"], r["rank"] if r["scope"] == "adapter" else "-"), []).append(r[key])
     out = {}
     for k, v in groups.items():
         mean = sum(v) / len(v)

@@ -60,3 +60,23 @@ def test_train_then_info_round_trip(tmp_path, capsys):
     assert "already holds a checkpoint" in capsys.readouterr().err
     assert main(["info", "--ckpt", str(tmp_path / "c")]) == 0
     assert "test loss" in capsys.readouterr().out
+
+
+def test_hessian_and_landscape_commands_write_their_files(tmp_path, capsys):
+    import json
+
+    for method in ("cla", "lora"):
+        assert main(["train", *COMMON, "--method", method, "--rank", "2", "--out", str(tmp_path / method)]) == 0
+    ckpts = ["--ckpt", str(tmp_path / "cla"), "--ckpt", str(tmp_path / "lora")]
+    assert main(["hessian", *ckpts, "--top-k", "2", "--trace", "--probes", "6", "--density", "--samples", "64",
+                 "--lanczos-steps", "20", "--plot", str(tmp_path / "h.png"), "--json", str(tmp_path / "h.json"),
+                 "--quiet"]) == 0
+    h = json.loads((tmp_path / "h.json").read_text())
+    assert [r["method"] for r in h["results"]] == ["cla", "lora"] and (tmp_path / "h.png").stat().st_size > 0
+    assert all(len(r["eigenvalues"]) == 2 and r["eigenvalues"][0] >= r["eigenvalues"][1] for r in h["results"])
+    assert main(["landscape", *ckpts, "--grid", "5", "--samples", "50", "--out", str(tmp_path / "ls"),
+                 "--json", str(tmp_path / "ls.json")]) == 0
+    assert (tmp_path / "ls.png").is_file() and (tmp_path / "ls-cla.npz").is_file()
+    assert len(json.loads((tmp_path / "ls.json").read_text())["results"][1]["losses"]) == 5
+    assert main(["landscape", *ckpts[:2], "--grid", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "grid" in capsys.readouterr().err

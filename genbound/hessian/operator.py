@@ -42,7 +42,6 @@ from torch import nn
 
 from ..build import Built
 from ..checkpoint import Loaded
-from ..data import Split
 from ..errors import GenboundError
 from ..layers import adapter_layers
 from ..methods import generator
@@ -129,8 +128,7 @@ def training_batches(loaded: Loaded, samples: int, batch: int, seed: int, dtype:
         raise GenboundError(f"--batch must be a positive number of examples; got {batch}")
     train = loaded.task.train
     idx = subsample_indices(len(train), samples, seed, repeat)
-    x = [train.x[i] for i in idx.tolist()] if isinstance(train.x, list) else train.x[idx]
-    enc = loaded.built.backbone.encode(Split(x, train.y[idx]))
+    enc = loaded.built.backbone.encode(train.take(idx))
     enc = {k: (v.to(dtype) if v.is_floating_point() else v).to(loaded.device) for k, v in enc.items()}
     y = train.y[idx].to(loaded.device)
     out = []
