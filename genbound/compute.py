@@ -5,6 +5,7 @@ checkpoint (THEORY.md sections 2-5). ``compute(loaded, options)`` returns a JSON
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -105,26 +106,29 @@ def matrix_norms(loaded: Loaded, init: Built) -> list[dict]:
     return out
 
 
-def input_radius(loaded: Loaded, inputs: dict[str, torch.Tensor], batch_size: int) -> tuple[float, str]:
-    """C: the largest input norm the composition sees (MLP: max ||[x; 1]||_2 over train and test inputs;
-    transformers: max token norm of the embedding output over the training split)."""
-    if loaded.built.backbone.kind == "mlp":
-        x = torch.cat([inputs["train"]["x"], inputs["test"]["x"]]).double()
-        return math.sqrt(float(x.norm(dim=1).max()) ** 2 + 1), "max ||[x; 1]||_2 over train and test inputs"
-    emb = getattr(loaded.model.base_model, "embeddings", None) or loaded.model.get_input_embeddings()
+@contextmanager
+def token_norm_probe(model: nn.Module):
+    """While active, records the largest token norm of a transformer's embedding output (C of Theorem 1)
+    seen in any forward pass; yields a one-element list holding it."""
+    emb = getattr(model.base_model, "embeddings", None) or model.get_input_embeddings()
     best = [0.0]
     hook = emb.register_forward_hook(lambda m, i, o: best.__setitem__(0, max(best[0], float(o.norm(dim=-1).max()))))
     try:
-        predict(loaded.model, inputs["train"], len(next(iter(inputs["train"].values()))), batch_size)
+        yield best
     finally:
         hook.remove()
-    return best[0], "max token norm of the embedding output over the training split"
 
 
-def theorem1(loaded: Loaded, init: Built, inputs: dict, opts: ComputeOptions) -> dict:
+def mlp_input_radius(inputs: dict) -> float:
+    """C for the MLP: max ||[x; 1]||_2 over train and test inputs."""
+    x = torch.cat([inputs["train"]["x"], inputs["test"]["x"]]).double()
+    return math.sqrt(float(x.norm(dim=1).max()) ** 2 + 1)
+
+
+def theorem1(loaded: Loaded, init: Built, C: float, c_source: str, opts: ComputeOptions) -> dict:
+    """Phi_dW and Phi_W0 of Theorem 1 with the matrices' norms; ``C`` bounds the composition's input norm."""
     mats = matrix_norms(loaded, init)
     a, d = [m["norm_w0"] for m in mats], [m["norm_dw"] for m in mats]
-    C, c_source = input_radius(loaded, inputs, opts.batch_size)
     L = len(mats)
     if loaded.built.backbone.kind == "mlp":
         lips, assumptions = [1.0] * L, ("exact: ReLU MLP (L_l = 1, c_l = 0, last layer identity), biases folded in "
@@ -153,8 +157,14 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
     enc = loaded.built.backbone.encode
     inputs = {s: {k: v.to(dev) for k, v in enc(getattr(task, s)).items()} for s in ("train", "test")}
     ys = {s: getattr(task, s).y.to(dev) for s in ("train", "test")}
-    m = {s: losses(predict(model, inputs[s], len(ys[s]), opts.batch_size), ys[s], opts.smoothing, opts.clip)
-         for s in ("train", "test")}
+    mlp = loaded.built.backbone.kind == "mlp"
+    with nullcontext([0.0]) if mlp else token_norm_probe(model) as token_norm:  # C, seen in the train pass
+        m = {"train": losses(predict(model, inputs["train"], len(ys["train"]), opts.batch_size), ys["train"],
+                             opts.smoothing, opts.clip)}
+    m["test"] = losses(predict(model, inputs["test"], len(ys["test"]), opts.batch_size), ys["test"], opts.smoothing,
+                       opts.clip)
+    C, c_source = ((mlp_input_radius(inputs), "max ||[x; 1]||_2 over train and test inputs") if mlp else
+                   (token_norm[0], "max token norm of the embedding output over the training split"))
     saved = man["metrics"]
     agrees = (abs(m["test"]["ce"] - saved["test_loss"]) <= 1e-3 * max(1.0, saved["test_loss"])
               and abs((1 - m["test"]["err"]) - saved["test_acc"]) <= 1e-3)
@@ -175,7 +185,7 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
         "gap_ce_bounded": m["test"]["ce_bounded"] - m["train"]["ce_bounded"],
         "matches_manifest": agrees, "options": asdict(opts),
     }
-    out.update(theorem1(loaded, init, inputs, opts))
+    out.update(theorem1(loaded, init, C, c_source, opts))
     if opts.base_gap:
         base_m = {s: losses(predict(init.model, inputs[s], len(ys[s]), opts.batch_size), ys[s], opts.smoothing,
                             opts.clip) for s in ("train", "test")}
