@@ -313,12 +313,16 @@ def render_report(result: dict, title: str) -> str:
                                                "params_paper")}
     for key in sorted(stats["test_acc"], key=lambda k: (k[0], str(k[1]))):
         cell = {k: stats[k].get(key) for k in stats}
-        pm = lambda c, d=4: "-" if c is None else f"{c[0]:.{d}f} +- {c[1]:.{d}f}"  # noqa: E731
+        pm = lambda c, d=4: ("-" if c is None else f"{c[0]:.{d}f}" if c[2] == 1  # noqa: E731
+                             else f"{c[0]:.{d}f} +- {c[1]:.{d}f}")
         lines.append(f"| {key[0]} | {key[1]} | {cell['test_acc'][2]} | {_fmt(int(cell['params_paper'][0]))} | "
                      f"{pm(cell['test_acc'])} | {pm(cell['gap_01'])} | {pm(cell['gap_ce'])} | "
                      f"{pm(cell['paper_bound'], 3)} | {pm(cell['compression_bound'], 3)} |")
-    lines += ["", "## How well each measure ranks the gap (Kendall tau; granulated Psi over method, rank, seed)",
-              "", "| measure | gap | n | tau | 95% seed-bootstrap interval | Psi | per axis (groups) |",
+    lines += ["", "## How well each measure ranks the gap (Kendall tau; granulated Psi over method, rank, seed)", ""]
+    if len(rows) < 10:
+        lines += [f"Only {len(rows)} checkpoints: tau moves in steps of {2 / (len(rows) * (len(rows) - 1) / 2):.2f} "
+                  "and says little; the bootstrap needs two seeds or more.", ""]
+    lines += ["| measure | gap | n | tau | 95% seed-bootstrap interval | Psi | per axis (groups) |",
               "|---|---|---|---|---|---|---|"]
     for t in sorted(result["ranking"].values(), key=lambda t: -abs(t["tau"])):
         lo, hi = t["tau_ci95_seed_bootstrap"]
