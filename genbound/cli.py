@@ -33,6 +33,7 @@ TRAIN_HELP = {
     "n_train": "training examples (default: the task's)", "n_test": "test examples (default: the task's)",
     "max_length": "token limit for text", "hidden": "hidden sizes of a random-init MLP",
     "device": "auto | cpu | cuda", "amp": "bf16 autocast on CUDA", "batch_size": "examples per step",
+    "fused": "train adapters through the fused path (merged weight; --no-fused: the reference path)",
     "lr": "AdamW learning rate (A, head; B gets lr * lr_ratio)", "weight_decay": "AdamW weight decay",
     "seed": "run seed: head init, random A, random selectors, data order, splits",
 }
@@ -263,8 +264,18 @@ def cmd_study(args: argparse.Namespace) -> None:
     from .study import compare, load_study, run_study
 
     study = load_study(args.study)
-    runs = run_study(study, device=args.device, progress=not args.quiet)
-    write_comparison(compare(runs), Path(study.report), study.name)
+    shard = None
+    if args.shard:
+        try:
+            i, n = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            raise GenboundError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}") from None
+        shard = (i, n)
+    runs = run_study(study, device=args.device, progress=not args.quiet, shard=shard)
+    if shard is None:
+        write_comparison(compare(runs), Path(study.report), study.name)
+    else:
+        print(f"shard {args.shard}: {len(runs)} runs done; run the study without --shard for the report")
 
 
 HESSIAN_HELP = {
@@ -362,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                     p.add_argument("--title", help="report title (default: the folder name)"))),
         ("study", "run a study file: train the grid, analyse every checkpoint, compare", cmd_study,
          lambda p: (p.add_argument("study", help="analysis/NAME.toml"),
-                    p.add_argument("--device", default="auto", help="auto | cpu | cuda"))),
+                    p.add_argument("--device", default="auto", help="auto | cpu | cuda"),
+                    p.add_argument("--shard", metavar="I/N",
+                                   help="train and analyse only share I of N (parallel processes); no report"))),
         ("hessian", "top eigenvalues, trace and spectral density of the training loss's Hessian", cmd_hessian,
          lambda p: (analysis_options(p, multiple=True), add_dataclass_options(p, HessianOptions, HESSIAN_HELP),
                     p.add_argument("--plot", metavar="FILE.png", help="the spectral density (with --density)"))),

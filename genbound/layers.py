@@ -8,17 +8,21 @@ update stays visible to spectra and bounds; the trainable link is (lora_A, lora_
 (idx, lora_B) for selectors, and (idx, columns) for PaCA, whose update is columns - W0[:, idx] at scale 1.
 Selectors gather ``x.index_select(-1, idx)``: nothing dense is multiplied and autograd keeps only the
 r gathered columns for B's gradient. Departure from loralib: no dropout on the adapter path.
+With ``fused`` on (training does this, see use_fused), forward goes through fused.py instead: one
+product with the merged weight, the same math with less work and memory.
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import fused_linear
 from .methods import COLUMNS, DENSE, FULL, HEAD, Method, generator
 
 
@@ -61,6 +65,7 @@ class AdapterLinear(nn.Module):
         else:
             self.lora_B = nn.Parameter(torch.zeros(n, r, device=dev))
         self.register_buffer("frozen_B", torch.zeros(n, 0, device=dev))
+        self.fused = False
 
     @property
     def dense_link(self) -> bool:
@@ -79,6 +84,8 @@ class AdapterLinear(nn.Module):
         return F.linear(x, a_or_idx) if self.dense_link else x.index_select(-1, a_or_idx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return fused_linear(self, x)
         y = F.linear(x, self.weight, self.bias)
         if self.frozen_B.shape[1]:
             frozen = self.frozen_A if self.dense_link else self.frozen_idx
@@ -145,6 +152,20 @@ class AdapterLinear(nn.Module):
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLinear]:
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, AdapterLinear)}
+
+
+@contextmanager
+def use_fused(model: nn.Module, on: bool = True):
+    """Within the block, every AdapterLinear of ``model`` runs its fused path (``on``) or the reference one."""
+    layers = adapter_layers(model).values()
+    before = [layer.fused for layer in layers]
+    for layer in layers:
+        layer.fused = on
+    try:
+        yield model
+    finally:
+        for layer, b in zip(layers, before):
+            layer.fused = b
 
 
 def match_targets(model: nn.Module, patterns: list[str]) -> list[str]:

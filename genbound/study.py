@@ -172,8 +172,19 @@ def _jsonable(x):
     raise TypeError(f"cannot write {type(x)} as JSON")
 
 
-def run_study(study: Study, device: str = "auto", progress: bool = True, log=print) -> list[Path]:
-    """Pretrain (if asked), train every run not yet finished (resuming interrupted ones), run the analyses."""
+def shard_of(runs: list[dict], shard: tuple[int, int]) -> list[dict]:
+    """Runs ``i`` of ``n`` shards take, seed by seed: the first seed of every method comes first."""
+    i, n = shard
+    if not 0 <= i < n:
+        raise GenboundError(f"--shard {i}/{n}: need 0 <= i < n")
+    order = sorted(runs, key=lambda r: r["config"]["seed"])  # stable: method order kept within a seed
+    return order[i::n]
+
+
+def run_study(study: Study, device: str = "auto", progress: bool = True, log=print,
+              shard: tuple[int, int] | None = None) -> list[Path]:
+    """Pretrain (if asked), train every run not yet finished (resuming interrupted ones), run the analyses.
+    With ``shard`` = (i, n) only that share of the grid (several processes can work on one study)."""
     from .train import TrainConfig, pretrain, train
 
     runs_dir = Path(study.runs)
@@ -181,7 +192,7 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
         log(f"pretraining the base into {study.model}")
         pretrain(TrainConfig(**{**study.pretrain, "device": device}), study.model, progress=progress)
     done = []
-    for run in grid(study):
+    for run in grid(study) if shard is None else shard_of(grid(study), shard):
         out = runs_dir / run["name"]
         if (out / checkpoint.MANIFEST).is_file():
             log(f"{run['name']}: trained already")

@@ -24,9 +24,12 @@ from . import checkpoint
 from .build import Built, adapter_state, assign_state, build, parameter_counts
 from .data import Task, load_task
 from .errors import TrainingError
-from .layers import next_link
+from .layers import next_link, use_fused
 from .methods import get_method, generator
 from .models import logits_of, resolve_ref
+
+
+SYNC_EVERY = 16  # steps between host reads of the loss (NaN check, progress bar)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class TrainConfig:
     hidden: list[int] = field(default_factory=lambda: [256, 256])  # random-init MLP only
     device: str = "auto"
     amp: bool = True
+    fused: bool = True  # adapters' fused training path (genbound.fused); False = the reference path
 
 
 def pick_device(name: str) -> torch.device:
@@ -112,7 +116,9 @@ def make_optimizer(built: Built, cfg: TrainConfig) -> torch.optim.AdamW:
             groups["B" if name.endswith(("lora_B", "columns")) else "rest"].append(p)
     spec = [{"params": groups["rest"], "lr": cfg.lr, "name": "rest"},
             {"params": groups["B"], "lr": cfg.lr * ratio, "name": "B"}]
-    return torch.optim.AdamW([g for g in spec if g["params"]], weight_decay=cfg.weight_decay)
+    params = [p for g in spec for p in g["params"]]
+    fused = bool(params) and all(p.is_cuda for p in params)  # one kernel for all tensors on CUDA
+    return torch.optim.AdamW([g for g in spec if g["params"]], weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def schedule(total: int, warmup: int):
@@ -153,14 +159,18 @@ class _Run:
         self.test_in = {k: v.to(device) for k, v in built.backbone.encode(task.test).items()}
         self.y_train, self.y_test = task.train.y.to(device), task.test.y.to(device)
         self.opt = make_optimizer(built, cfg)
+        self.trainable = [p for p in built.model.parameters() if p.requires_grad]
+        self._order: tuple[int, torch.Tensor | None] = (-1, None)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, schedule(self.total, round(cfg.warmup * self.total)))
         self.step, self.link, self.train_seconds = 0, 0, 0.0
 
     def batch_indices(self, step: int) -> torch.Tensor:
         epoch, pos = divmod(step, self.per_epoch)
-        perm = torch.randperm(len(self.y_train), generator=generator(self.cfg.seed, "order", epoch))
-        return perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size].to(self.device)
+        if self._order[0] != epoch:
+            perm = torch.randperm(len(self.y_train), generator=generator(self.cfg.seed, "order", epoch))
+            self._order = (epoch, perm.to(self.device))
+        return self._order[1][pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]
 
     def save_state(self) -> None:
         state = {"step": self.step, "link": self.link, "train_seconds": self.train_seconds,
@@ -177,7 +187,8 @@ class _Run:
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.link, self.train_seconds = state["step"], state["link"], state["train_seconds"]
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step; returns the loss as a 0-d tensor (no host sync: see check_losses)."""
         cfg, model = self.cfg, self.built.model
         if self.step in self.boundaries:
             self.link += 1
@@ -188,17 +199,23 @@ class _Run:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             logits = logits_of(model, batch_of(self.train_in, idx))
         loss = F.cross_entropy(logits.float(), self.y_train[idx])
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {self.step} (try a lower --lr); "
-                                f"no checkpoint was written to {self.out}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip)
+            torch.nn.utils.clip_grad_norm_(self.trainable, cfg.clip)
         self.opt.step()
         self.sched.step()
         self.step += 1
-        return loss.item()
+        return loss.detach()
+
+    def check_losses(self, losses: list[torch.Tensor]) -> list[float]:
+        """The host values of the last steps' losses; a non-finite one stops the run before anything is saved."""
+        values = torch.stack(losses).tolist() if losses else []
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                raise TrainingError(f"loss became {v} at step {self.step - len(values) + i} (try a lower --lr); "
+                                    f"no checkpoint was written to {self.out}")
+        return values
 
     def log_eval(self, running: float) -> None:
         m = evaluate(self.built.model, self.test_in, self.y_test, limit=self.cfg.eval_samples)
@@ -237,22 +254,32 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=run.total, initial=run.step, desc=f"{cfg.method} r={cfg.rank}", disable=not progress,
                dynamic_ncols=True)
-    running, start = None, time.perf_counter()
+    running, start, pending = None, time.perf_counter(), []
     try:
-        while run.step < run.total:
+        with use_fused(built.model, cfg.fused):
             t0 = time.perf_counter()
-            loss = run.train_step()
-            run.train_seconds += time.perf_counter() - t0
-            running = loss if running is None else 0.95 * running + 0.05 * loss
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}", link=run.link)
-            if run.step % run.snapshot_every == 0 or run.step == run.total:
-                run.snapshot()
-            if run.step % run.eval_every == 0 or run.step == run.total:
-                run.log_eval(running)
-            if run.step % run.save_every == 0 and run.step < run.total:
-                run.save_state()
+            while run.step < run.total:
+                pending.append(run.train_step())
+                bar.update(1)
+                snap = run.step % run.snapshot_every == 0 or run.step == run.total
+                evaluate_now = run.step % run.eval_every == 0 or run.step == run.total
+                save = run.step % run.save_every == 0 and run.step < run.total
+                if not (snap or evaluate_now or save or len(pending) >= SYNC_EVERY):
+                    continue
+                for loss in run.check_losses(pending):  # the one host sync of SYNC_EVERY steps
+                    running = loss if running is None else 0.95 * running + 0.05 * loss
+                pending = []
+                run.train_seconds += time.perf_counter() - t0
+                bar.set_postfix(loss=f"{running:.4f}", link=run.link)
+                if snap:
+                    run.snapshot()
+                if evaluate_now:
+                    run.log_eval(running)
+                if save:
+                    run.save_state()
+                t0 = time.perf_counter()
     except KeyboardInterrupt:
+        run.check_losses(pending)
         run.save_state()
         raise TrainingError(f"interrupted at step {run.step}/{run.total}; continue with --resume {out}") from None
     finally:

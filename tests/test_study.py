@@ -164,3 +164,16 @@ def test_every_shipped_study_file_is_valid():
     for f in files:
         study = load_study(f)
         assert grid(study) and study.report.startswith("reports/")
+
+
+def test_shards_split_the_grid_seed_first_and_cover_it_once(tmp_path):
+    from genbound.study import shard_of
+
+    runs = grid(load_study(write_study(tmp_path)))
+    shards = [shard_of(runs, (i, 3)) for i in range(3)]
+    names = sorted(r["name"] for s in shards for r in s)
+    assert names == sorted(r["name"] for r in runs)
+    assert [s[0]["name"] for s in shards] == ["lora-r2-s0", "cla-r2-s0", "c3la-r2-s0"]  # seed 0 first
+    with pytest.raises(GenboundError, match="shard"):
+        shard_of(runs, (3, 3))
+    assert main(["study", str(tmp_path / "tiny.toml"), "--shard", "x"]) == 2

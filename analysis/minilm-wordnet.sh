@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# analysis/minilm-wordnet.toml on the GPU machine (device tool), as SHARDS parallel processes spread over the
+# GPUs there; each shard takes seed 0 of its methods first, so a run cut short by LIMIT still leaves whole
+# seeds. Then the report over every run whose analyses all finished, and one archive under $OUT.
+# Carry: .carry (minilm16 + wordnet/*.gz) and .whl (the constriction wheel for Python 3.12).
+# Usage there: SHARDS=12 LIMIT=470 bash analysis/minilm-wordnet.sh
+set -uo pipefail
+SHARDS=${SHARDS:-12}
+LIMIT=${LIMIT:-470}
+OUT=${OUT:-runs/out}
+export GENBOUND_WORDNET_DIR=/tmp/wordnet PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+mkdir -p "$GENBOUND_WORDNET_DIR" "$OUT" runs/logs
+for f in .carry/wordnet/*.gz; do gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .gz)"; done
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+GPUS=$(nvidia-smi -L | wc -l)
+for i in $(seq 0 $((SHARDS - 1))); do
+  CUDA_VISIBLE_DEVICES=$((i % GPUS)) timeout "$LIMIT" python3 -m genbound study analysis/minilm-wordnet.toml \
+    --shard "$i/$SHARDS" --quiet > "runs/logs/shard-$i.log" 2>&1 &
+done
+wait
+done_runs=()
+for d in runs/minilm-wordnet/*/; do
+  n=$(ls "$d"analysis/*.json 2>/dev/null | wc -l)
+  want=4; case $d in *head-*) want=3;; esac  # no spectrum for head-only
+  [ -f "$d/genbound.json" ] && [ "$n" -ge "$want" ] && done_runs+=("$d")
+done
+echo "${#done_runs[@]} runs with every analysis"
+timeout 120 python3 -m genbound compare "${done_runs[@]}" --out reports/minilm-wordnet --title minilm-wordnet \
+  > runs/logs/compare.log 2>&1 || echo "compare failed: see runs/logs/compare.log"
+tar czf "$OUT/minilm-wordnet.tgz" reports/minilm-wordnet runs/logs \
+  $(for d in runs/minilm-wordnet/*/; do ls "$d"genbound.json "$d"metrics.jsonl "$d"analysis/*.json 2>/dev/null; done)
+ls -la "$OUT"

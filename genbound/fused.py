@@ -1,0 +1,90 @@
+"""The training fast path of AdapterLinear: one matrix product with the merged weight.
+
+    y = x (W0 + dW)^T + b,    dW = s * sum_t B_t A_t    (selectors: dW[:, idx_t] += s * B_t)
+
+Forward builds W0 + dW in float32 (one exact sum of the frozen links and the trainable one), rounds it
+once to the compute dtype (the autocast dtype, else x's) and makes one product, as a frozen layer does.
+Backward rebuilds the merged weight instead of keeping it, so d x costs one product too, and autograd
+keeps only what the link's gradient needs: the r gathered columns x[..., idx] (selectors, PaCA) or
+x A^T (dense links with a frozen A), and x itself only when A is trained (LoRA, LoRA+, CoLA).
+
+Not supported here, and served by the reference path (AdapterLinear.forward, fused off): torch.func
+transforms and double backward (the Hessian and landscape analyses). Tests check that both paths give
+the same outputs and gradients for every method, across chain boundaries and after reload.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a plain nn.Linear would compute in here: autocast's when it is on for x's device."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
+
+
+def merged_weight(weight, B, A, idx, Bf, Af, idxf, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """W0 + s (Bf Af + B A) (or the selector form) summed in float32 (float64 for a float64 W0),
+    rounded once to ``dtype``."""
+    acc = torch.promote_types(weight.dtype, torch.float32)
+    W = weight.detach().to(acc, copy=True)
+    for b, a, i in ((Bf, Af, idxf), (B, A, idx)):
+        if b.shape[1] == 0:
+            continue
+        if a is not None:
+            W.addmm_(b.detach().to(acc), a.detach().to(acc), alpha=scale)
+        else:
+            W.index_add_(1, i, b.detach().to(acc), alpha=scale)
+    return W.to(dtype)
+
+
+class FusedAdapterLinear(torch.autograd.Function):
+    """(x, W0, b, B, A | None, idx | None, Bf, Af | None, idxf | None, s, dtype) -> y; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, B, A, idx, Bf, Af, idxf, scale, dtype):
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(dtype)
+            W = merged_weight(weight, B, A, idx, Bf, Af, idxf, scale, dtype)
+            y = F.linear(xc, W, None if bias is None else bias.to(dtype))
+            need_b, need_a = ctx.needs_input_grad[3], A is not None and ctx.needs_input_grad[4]
+            proj = None
+            if need_b:
+                proj = xc.index_select(-1, idx) if A is None else F.linear(xc, A.detach().to(dtype))
+        ctx.scale, ctx.dtype, ctx.x_dtype, ctx.has_bias = scale, dtype, x.dtype, bias is not None
+        ctx.save_for_backward(xc if need_a else None, proj, weight, B, A, idx, Bf, Af, idxf)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xc, proj, weight, B, A, idx, Bf, Af, idxf = ctx.saved_tensors
+        s, dtype = ctx.scale, ctx.dtype
+        grads = [None] * 11
+        with torch.autocast(gy.device.type, enabled=False):
+            gy = gy.to(dtype)
+            if ctx.needs_input_grad[0]:
+                W = merged_weight(weight, B, A, idx, Bf, Af, idxf, s, dtype)
+                grads[0] = (gy @ W).to(ctx.x_dtype)
+            g2 = gy.reshape(-1, gy.shape[-1])
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grads[2] = g2.float().sum(0)
+            if proj is not None:
+                grads[3] = (s * (g2.t() @ proj.reshape(-1, proj.shape[-1]))).to(B.dtype)
+            if xc is not None:
+                gb = g2 @ B.detach().to(dtype)
+                grads[4] = (s * (gb.t() @ xc.reshape(-1, xc.shape[-1]))).to(A.dtype)
+        return tuple(grads)
+
+
+def fused_linear(layer, x: torch.Tensor) -> torch.Tensor:
+    """AdapterLinear's forward through FusedAdapterLinear (same math as the reference path)."""
+    dense = layer.dense_link
+    return FusedAdapterLinear.apply(
+        x, layer.weight, layer.bias, layer.link_B(),
+        layer.lora_A if dense else None, None if dense else layer.idx,
+        layer.frozen_B, layer.frozen_A if dense else None, None if dense else layer.frozen_idx,
+        layer.scale, compute_dtype(x))
