@@ -195,7 +195,8 @@ def run_shape(shape_spec: str, variants: list[str], device, args) -> dict:
     return {"shape": shape, "batch": bsz, "seq": seq, "methods": table}
 
 
-def accuracy(args, device) -> dict:
+def accuracy(args, device, keep) -> dict:
+    """Test accuracy after a short budget per method; ``keep(partial)`` after each run."""
     from genbound.train import TrainConfig, train
 
     out = {}
@@ -214,6 +215,7 @@ def accuracy(args, device) -> dict:
                         "peak_mib": man["timing"]["peak_gpu_memory_bytes"] / 2**20}
         print(f"  accuracy {variant:10s} test acc {out[variant]['test_acc']:.4f}  "
               f"train {out[variant]['train_seconds']:.1f} s", flush=True)
+        keep(out)
     return out
 
 
@@ -251,7 +253,7 @@ def main() -> None:
     import sys
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", nargs="+", default=["roberta-base:32x128", "roberta-base:16x512", "minilm:32x128"])
+    ap.add_argument("--shapes", nargs="*", default=["roberta-base:32x128", "roberta-base:16x512", "minilm:32x128"])
     ap.add_argument("--methods", nargs="+", default=["limit", "head", "lora", "asym", "cla", "rcla", "c3la", "paca",
                                                      "full", "peft-lora", "lora:ref", "cla:ref", "c3la:ref"])
     ap.add_argument("--rounds", type=int, default=3)
@@ -276,7 +278,10 @@ def main() -> None:
         result["shapes"].append(run_shape(spec, args.methods, device, args))
         (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))  # partial results survive
     if args.accuracy_model:
-        result["accuracy"] = accuracy(args, device)
+        def keep(partial):
+            (out / f"{args.name}.json").write_text(json.dumps({**result, "accuracy": partial}, indent=1))
+
+        result["accuracy"] = accuracy(args, device, keep)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     (out / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
