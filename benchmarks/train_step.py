@@ -14,7 +14,8 @@ flowing down to the embeddings' output: no adapter can cost less. ``NAME:ref`` r
 adapter path (fused off) for comparison. ``peft-lora``: peft.get_peft_model with the same r, alpha and
 targets, dropout 0.
 
-Per method and round: a fresh model; peak allocated memory over eager steps (the method alone on the GPU);
+Per method and round: a fresh model; peak allocated memory over eager steps, counted from what was allocated
+before the model was built (the method alone on the GPU; what earlier variants left is reported, ~0);
 the median eager step time (CUDA events); the median step time when the whole step is captured once in a
 CUDA graph and replayed (launch overhead removed). Rounds rotate the method order; the reported numbers are
 medians over rounds, with ratios to the limit and to PEFT LoRA from the same run. With --accuracy-model it
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import statistics
 import time
@@ -122,8 +124,16 @@ def event_times(fn, n: int) -> list[float]:
     return [events[i].elapsed_time(events[i + 1]) for i in range(n)]
 
 
-def measure(base, variant: str, batch, device, steps: int, replays: int, graphs: bool) -> dict:
+def release() -> int:
+    """Free what the last variant left (HF and PEFT modules hold reference cycles); bytes still allocated."""
+    gc.collect()
+    torch.cuda.synchronize()
     torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated()
+
+
+def measure(base, variant: str, batch, device, steps: int, replays: int, graphs: bool) -> dict:
+    before = release()
     torch.cuda.reset_peak_memory_stats(device)
     model, params = prepare(base, variant, device)
     model.train()
@@ -137,8 +147,8 @@ def measure(base, variant: str, batch, device, steps: int, replays: int, graphs:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats(device)
     eager = statistics.median(event_times(step, steps))
-    out = {"eager_ms": eager, "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20,
-           "trainable": sum(p.numel() for p in params)}
+    out = {"eager_ms": eager, "peak_mib": (torch.cuda.max_memory_allocated(device) - before) / 2**20,
+           "left_over_mib": before / 2**20, "trainable": sum(p.numel() for p in params)}
     if graphs:
         try:
             graph = torch.cuda.CUDAGraph()
@@ -154,8 +164,7 @@ def measure(base, variant: str, batch, device, steps: int, replays: int, graphs:
         except RuntimeError as err:  # a model whose forward syncs with the host cannot be captured
             out["graph_error"] = str(err).splitlines()[0][:200]
     del model, params, opt, step
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
+    release()
     return out
 
 
@@ -181,6 +190,8 @@ def run_shape(shape_spec: str, variants: list[str], device, args) -> dict:
         agg["graph_ms"] = statistics.median(graphs) if graphs else None
         agg["eager_ms_rounds"] = [r["eager_ms"] for r in rows]
         agg["graph_ms_rounds"] = graphs
+        agg["peak_mib_rounds"] = [r["peak_mib"] for r in rows]
+        agg["left_over_mib_max"] = max(r["left_over_mib"] for r in rows)
         agg["trainable"] = rows[0]["trainable"]
         if any("graph_error" in r for r in rows):
             agg["graph_error"] = next(r["graph_error"] for r in rows if "graph_error" in r)
