@@ -16,6 +16,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p runs/minilm-wordnet  # finished runs (results, no weights) are skipped by the study
+for d in reports/minilm-wordnet/runs/*/; do [ -d "runs/minilm-wordnet/$(basename "$d")" ] || cp -r "$d" runs/minilm-wordnet/; done
 GPUS=$(nvidia-smi -L | wc -l)
 for i in $(seq 0 $((SHARDS - 1))); do
   CUDA_VISIBLE_DEVICES=$((i % GPUS)) timeout "$LIMIT" python3 -m genbound study analysis/minilm-wordnet.toml \
@@ -31,6 +33,6 @@ done
 echo "${#done_runs[@]} runs with every analysis"
 timeout 120 python3 -m genbound compare "${done_runs[@]}" --out reports/minilm-wordnet --title minilm-wordnet \
   > runs/logs/compare.log 2>&1 || echo "compare failed: see runs/logs/compare.log"
-tar czf "$OUT/minilm-wordnet.tgz" reports/minilm-wordnet runs/logs \
+tar czf "$OUT/minilm-wordnet.tgz" --exclude='*.safetensors' --exclude='*.pt' reports/minilm-wordnet runs/logs \
   $(for d in runs/minilm-wordnet/*/; do ls "$d"genbound.json "$d"metrics.jsonl "$d"analysis/*.json 2>/dev/null; done)
 ls -la "$OUT"
