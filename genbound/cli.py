@@ -34,6 +34,7 @@ TRAIN_HELP = {
     "max_length": "token limit for text", "hidden": "hidden sizes of a random-init MLP",
     "device": "auto | cpu | cuda", "amp": "bf16 autocast on CUDA", "batch_size": "examples per step",
     "fused": "train adapters through the fused path (merged weight; --no-fused: the reference path)",
+    "graphs": "on CUDA, replay each full-batch step as a CUDA graph (--no-graphs: eager steps)",
     "lr": "AdamW learning rate (A, head; B gets lr * lr_ratio)", "weight_decay": "AdamW weight decay",
     "seed": "run seed: head init, random A, random selectors, data order, splits",
 }

@@ -24,6 +24,7 @@ from . import checkpoint
 from .build import Built, adapter_state, assign_state, build, parameter_counts
 from .data import Task, load_task
 from .errors import TrainingError
+from .graphs import GraphedStep
 from .layers import next_link, use_fused
 from .methods import get_method, generator
 from .models import logits_of, resolve_ref
@@ -63,6 +64,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     fused: bool = True  # adapters' fused training path (genbound.fused); False = the reference path
+    graphs: bool = True  # on CUDA, replay full-batch steps as a CUDA graph (genbound.graphs)
 
 
 def pick_device(name: str) -> torch.device:
@@ -107,8 +109,9 @@ def evaluate(model: torch.nn.Module, inputs: dict, y: torch.Tensor, batch_size: 
     return {"loss": F.cross_entropy(logits, y[:n]).item(), "acc": int((logits.argmax(-1) == y[:n]).sum()) / n}
 
 
-def make_optimizer(built: Built, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with one group per role; LoRA+ gives B ``lr_ratio`` times A's learning rate."""
+def make_optimizer(built: Built, cfg: TrainConfig, capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW with one group per role; LoRA+ gives B ``lr_ratio`` times A's learning rate. ``capturable``:
+    learning rates as device tensors and a capturable step, for CUDA-graph replay."""
     ratio = built.method.lr_ratio if cfg.lr_ratio is None else cfg.lr_ratio
     groups: dict[str, list] = {"B": [], "rest": []}
     for name, p in built.model.named_parameters():
@@ -118,7 +121,11 @@ def make_optimizer(built: Built, cfg: TrainConfig) -> torch.optim.AdamW:
             {"params": groups["B"], "lr": cfg.lr * ratio, "name": "B"}]
     params = [p for g in spec for p in g["params"]]
     fused = bool(params) and all(p.is_cuda for p in params)  # one kernel for all tensors on CUDA
-    return torch.optim.AdamW([g for g in spec if g["params"]], weight_decay=cfg.weight_decay, fused=fused or None)
+    groups = [g for g in spec if g["params"]]
+    if capturable:
+        groups = [{**g, "lr": torch.tensor(float(g["lr"]), device=g["params"][0].device)} for g in groups]
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused or None,
+                             capturable=capturable)
 
 
 def schedule(total: int, warmup: int):
@@ -158,7 +165,9 @@ class _Run:
         self.train_in = {k: v.to(device) for k, v in built.backbone.encode(task.train).items()}
         self.test_in = {k: v.to(device) for k, v in built.backbone.encode(task.test).items()}
         self.y_train, self.y_test = task.train.y.to(device), task.test.y.to(device)
-        self.opt = make_optimizer(built, cfg)
+        self.graphed = GraphedStep() if cfg.graphs and device.type == "cuda" else None
+        self.graph_error: str | None = None
+        self.opt = make_optimizer(built, cfg, capturable=self.graphed is not None)
         self.trainable = [p for p in built.model.parameters() if p.requires_grad]
         self._order: tuple[int, torch.Tensor | None] = (-1, None)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -181,32 +190,54 @@ class _Run:
     def load_state(self) -> None:
         state = torch.load(self.out / "resume" / "state.pt", map_location=self.device, weights_only=False)
         assign_state(self.built.model, state["adapter"], "resume state")
-        self.opt = make_optimizer(self.built, self.cfg)
+        self.opt = make_optimizer(self.built, self.cfg, capturable=self.graphed is not None)
         self.opt.load_state_dict(state["optimizer"])
+        if self.graphed is not None:  # a state saved without graphs holds float learning rates
+            for g in self.opt.param_groups:
+                g["lr"] = torch.as_tensor(g["lr"], dtype=torch.float32, device=self.device)
+            self.graphed.reset()
         self.sched.optimizer = self.opt
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.link, self.train_seconds = state["step"], state["link"], state["train_seconds"]
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step; returns the loss as a 0-d tensor (no host sync: see check_losses)."""
-        cfg, model = self.cfg, self.built.model
+        cfg = self.cfg
         if self.step in self.boundaries:
             self.link += 1
-            next_link(model, self.link, cfg.chain, cfg.seed)
+            next_link(self.built.model, self.link, cfg.chain, cfg.seed)
             reset_link_state(self.opt, self.built)
+            if self.graphed is not None:
+                self.graphed.reset()
         idx = self.batch_indices(self.step)
-        amp = cfg.amp and self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            logits = logits_of(model, batch_of(self.train_in, idx))
-        loss = F.cross_entropy(logits.float(), self.y_train[idx])
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.trainable, cfg.clip)
-        self.opt.step()
+        if self.graphed is not None and len(idx) == cfg.batch_size:
+            inputs = {k: v.index_select(0, idx) for k, v in self.train_in.items()}  # full padded length
+            inputs["y"] = self.y_train.index_select(0, idx)
+            try:
+                loss = self.graphed.run(self.body, inputs, lambda: self.opt.zero_grad(set_to_none=True))
+            except Exception as err:  # capture failed (the step was not made): go on eagerly
+                self.graph_error = str(err).splitlines()[0][:300]
+                self.graphed = None
+                torch.cuda.synchronize(self.device)
+        if self.graphed is None or len(idx) != cfg.batch_size:
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.body({**batch_of(self.train_in, idx), "y": self.y_train[idx]})
         self.sched.step()
         self.step += 1
         return loss.detach()
+
+    def body(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Forward, loss, backward, clipping and the AdamW step on one batch (inputs + "y")."""
+        amp = self.cfg.amp and self.device.type == "cuda"
+        batch = {k: v for k, v in inputs.items() if k != "y"}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=self.graphed is None):
+            logits = logits_of(self.built.model, batch)
+        loss = F.cross_entropy(logits.float(), inputs["y"])
+        loss.backward()
+        if self.cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.clip)
+        self.opt.step()
+        return loss
 
     def check_losses(self, losses: list[torch.Tensor]) -> list[float]:
         """The host values of the last steps' losses; a non-finite one stops the run before anything is saved."""
@@ -219,7 +250,7 @@ class _Run:
 
     def log_eval(self, running: float) -> None:
         m = evaluate(self.built.model, self.test_in, self.y_test, limit=self.cfg.eval_samples)
-        row = {"step": self.step, "link": self.link, "lr": self.sched.get_last_lr()[0],
+        row = {"step": self.step, "link": self.link, "lr": float(self.sched.get_last_lr()[0]),
                "train_loss_running": running, "test_loss_subset": m["loss"], "test_acc_subset": m["acc"],
                "eval_samples": min(self.cfg.eval_samples, len(self.y_test))}
         checkpoint.append_jsonl(self.out / "metrics.jsonl", row)
@@ -289,7 +320,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
              for key, value in evaluate(built.model, inputs, y).items()}
     timing = {"train_seconds": run.train_seconds, "wall_seconds_this_session": time.perf_counter() - start,
               "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-              "device": str(device), "steps": run.total, "steps_per_link": run.boundaries}
+              "device": str(device), "steps": run.total, "steps_per_link": run.boundaries,
+              "cuda_graphs": run.graphed is not None, "cuda_graph_error": run.graph_error}
     manifest = checkpoint.save(out, cfg=dataclasses.asdict(cfg), built=built, task=task, ref=ref,
                                metrics=final, timing=timing, counts=parameter_counts(built))
     shutil.rmtree(out / "resume", ignore_errors=True)

@@ -1,0 +1,64 @@
+"""CUDA-graph training (genbound.graphs) against eager training on the GPU: the same adapters for a dense
+method, a selector chain across its boundaries, LoRA+'s two learning rates and a text model; a resumed
+graphed run equals an uninterrupted one. Marked gpu: run with `pytest -m gpu` on a CUDA machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genbound import checkpoint
+from genbound.train import TrainConfig, train
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def adapters(path):
+    return load_file(str(path / checkpoint.ADAPTER))
+
+
+@pytest.mark.parametrize("method,chain", [("lora", 1), ("c3la", 3), ("lora_plus", 1), ("paca", 1)])
+def test_graphed_training_equals_eager(tmp_path, method, chain):
+    base = dict(model="mlp", data="digits", method=method, rank=4, chain=chain, steps=40, batch_size=32,
+                hidden=[64, 64], eval_every=10, device="cuda", amp=False)
+    eager = train(TrainConfig(**base, graphs=False), tmp_path / "eager", progress=False)
+    graphed = train(TrainConfig(**base, graphs=True), tmp_path / "graphed", progress=False)
+    assert graphed["timing"]["cuda_graphs"] and graphed["timing"]["cuda_graph_error"] is None
+    a, b = adapters(tmp_path / "eager"), adapters(tmp_path / "graphed")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert abs(graphed["metrics"]["test_acc"] - eager["metrics"]["test_acc"]) < 0.01
+
+
+def test_graphed_text_model_trains_and_records_graphs(tmp_path):
+    cfg = TrainConfig(model="tiny-bert", data="wordnet", method="cla", rank=4, steps=20, batch_size=16,
+                      n_train=320, n_test=64, device="cuda")
+    man = train(cfg, tmp_path / "t", progress=False)
+    assert man["timing"]["cuda_graphs"], man["timing"]["cuda_graph_error"]
+
+
+def test_graphed_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    from genbound.errors import TrainingError
+    from genbound.train import _Run
+
+    cfg = TrainConfig(model="mlp", data="digits", method="c3la", rank=4, chain=3, steps=30, batch_size=32,
+                      hidden=[64, 64], save_every=5, device="cuda", amp=False)
+    train(cfg, tmp_path / "ref", progress=False)
+    real = _Run.train_step
+
+    def stop(self):
+        if self.step == 17:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(_Run, "train_step", stop)
+    with pytest.raises(TrainingError, match="--resume"):
+        train(cfg, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(_Run, "train_step", real)
+    train(None, tmp_path / "cut", resume=True, progress=False)
+    a, b = adapters(tmp_path / "ref"), adapters(tmp_path / "cut")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
