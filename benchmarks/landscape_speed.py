@@ -8,7 +8,8 @@ evaluation subset in eval mode. Loop: genbound.landscape.evaluate_points_loop, w
 parameters into the model and runs it batch by batch (as the loss-landscape scripts and the PyPI
 loss-landscapes package do). Batched: genbound.landscape.evaluate_points, ``chunk`` points per vmapped
 functional_call. Wall-clock times after a warm-up, CUDA-synchronized; the max absolute difference of the two
-loss surfaces is reported. Writes <name>.json and <name>.md under --out (commit them under reports/performance/).
+loss surfaces is reported. Writes <name>.json and <name>.md under --out after every --samples setting (commit
+them under reports/performance/).
 Every --samples value is a setting (the loop once, the batched path per chunk): the batched path does the same
 float32 work per point, so its speed-up comes from the loop's per-point overhead and is largest for small
 subsets. Smoke test on CPU: --grid 5 --samples 32 --chunk 4 --device cpu on a tiny checkpoint.
@@ -103,7 +104,9 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--space", default="trainable", choices=["trainable", "delta", "all"])
     ap.add_argument("--dirs", default="random", choices=["random", "pca"])
-    ap.add_argument("--attention", default="auto", choices=["auto", "model"])
+    ap.add_argument("--attention", default="auto", choices=["auto", "model", "eager"],
+                    help="auto/model: as genbound.landscape.build_space (eager on CPU, the model's own, e.g. SDPA, "
+                         "on CUDA); eager: HF eager attention for both paths, also on CUDA")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tf32", action="store_true",
@@ -114,16 +117,17 @@ def main() -> None:
     args = ap.parse_args()
     device = setup_device(args)
     loaded = checkpoint.load(args.ckpt, device)
-    space = build_space(loaded, args.space, args.attention)
+    space = build_space(loaded, args.space, "model" if args.attention == "eager" else args.attention)
+    if args.attention == "eager":  # on CUDA, vmap over SDPA fails (attn_bias batch dimension) in torch 2.11
+        space.model.set_attn_implementation("eager")
     if args.dirs == "random":
         dirs = random_directions(space.coords, args.seed, 2, False)
     else:
         dirs = trajectory_directions(space, loaded, read_trajectory(args.ckpt), args.ckpt)[0]
     axis = grid_axis(args.grid, args.range)
     pts = torch.tensor([[x, y] for y in axis for x in axis])
-    rows = [r for n in args.samples
-            for r in run_setting(space, dirs, pts, eval_subset(loaded, args.split, n, args.seed), args, device)]
     man = loaded.manifest
+    rows: list[dict] = []
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "ckpt": str(args.ckpt),
             "model": man["config"]["model"], "method": man["method"]["name"], "rank": man["method"]["rank"],
@@ -133,8 +137,10 @@ def main() -> None:
             "timing": "wall clock after a warm-up, CUDA-synchronized, one run each", "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(info, indent=1))
-    (out / f"{args.name}.md").write_text(markdown(info))
+    for n in args.samples:  # written after every setting: a run cut short keeps what it measured
+        rows += run_setting(space, dirs, pts, eval_subset(loaded, args.split, n, args.seed), args, device)
+        (out / f"{args.name}.json").write_text(json.dumps(info, indent=1))
+        (out / f"{args.name}.md").write_text(markdown(info))
 
 
 if __name__ == "__main__":

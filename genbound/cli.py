@@ -286,6 +286,7 @@ HESSIAN_HELP = {
     "batch": "examples per forward pass", "seed": "data subsample and probes",
     "backend": "genbound | pyhessian (cross-check)", "repeats": "independent data subsamples (their mean and std)",
     "probes": "HVPs per trace estimator", "lanczos_steps": "Lanczos steps", "tol": "relative residual tolerance",
+    "stop": "Lanczos stopping rule: residual (rigorous) | gap (r^2 / Ritz gap: fewer HVPs, an estimate)",
     "hvp": "auto | forward-over-reverse | double-backward", "dtype": "float32 | float64",
 }
 
@@ -322,8 +323,10 @@ def cmd_landscape(args: argparse.Namespace) -> None:
     results = analyse_each(args, lambda loaded, path: landscape_analysis(loaded, opts, ckpt=path), render)
     prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    for r in results.values():
-        name = prefix.name if len(results) == 1 else f"{prefix.name}-{Path(r['checkpoint']).name}"
+    names = [Path(r["checkpoint"]).name for r in results.values()]
+    for i, r in enumerate(results.values()):
+        tag = names[i] if names.count(names[i]) == 1 else f"{i}-{names[i]}"  # equal folder names in two places
+        name = prefix.name if len(results) == 1 else f"{prefix.name}-{tag}"
         np.savez(prefix.with_name(name + ".npz"), **landscape_arrays(r))
     plots.save(plots.landscape_figure(results, surface=args.surface), str(prefix.with_name(prefix.name + ".png")))
     print(f"wrote {prefix}.png and {len(results)} .npz file(s)")

@@ -34,9 +34,10 @@ Evaluation is batched: torch.func.vmap over functional_call evaluates ``chunk`` 
 pass; ``evaluate_points_loop`` is the one-point-at-a-time reference (copy the point into the model, run it).
 
 Sharpness (grid units, Euclidean distance from the centre): increase = max_{|(a, b)| <= rho} f - f(0, 0),
-max = max over the grid of f - f(0, 0); rho defaults to max(range / 4, one grid step). On the CPU, HF models
-are evaluated with eager attention (SDPA's CPU kernel has no vmap batching rule); any op that vmap loops over
-or refuses is reported in the result's ``evaluation``.
+max = max over the grid of f - f(0, 0); rho defaults to max(range / 4, one grid step). HF models are
+evaluated with eager attention (SDPA under vmap fails on the CPU for want of a batching rule and on CUDA on
+the mask's batch dimension, so the evaluation fell back to a loop); any op that vmap loops over or refuses
+is reported in the result's ``evaluation``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class LandscapeOptions:
     chunk: int = 16  # grid points per batched forward pass
     batch_size: int = 256  # examples per forward pass
     rho: float | None = None  # sharpness radius in grid units; None = max(range / 4, one grid step)
-    attention: str = "auto"  # HF attention while evaluating: auto (eager on CPU: SDPA has no vmap rule there) | model
+    attention: str = "auto"  # HF attention while evaluating: auto (eager: SDPA does not vmap) | model
 
     @property
     def step(self) -> float:
@@ -136,7 +137,7 @@ def shallow_clone(model: nn.Module) -> nn.Module:
 
 def build_space(loaded: Loaded, space: str, attention: str = "auto") -> Space:
     model = shallow_clone(loaded.model).eval()
-    if attention == "auto" and loaded.device.type == "cpu" and hasattr(model, "set_attn_implementation"):
+    if attention == "auto" and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
     params = dict(model.named_parameters())
     if space == "all":

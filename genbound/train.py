@@ -52,7 +52,7 @@ class TrainConfig:
     warmup: float = 0.06  # fraction of the steps
     clip: float = 1.0
     eval_every: int = 0  # 0 = about 10 evaluations per run
-    eval_samples: int = 1000  # test examples used by the periodic evaluations
+    eval_samples: int = 1000  # test examples (a seeded random subset) used by the periodic evaluations
     snapshot_every: int = 0  # 0 = about 20 snapshots per run
     save_every: int = 0  # resume state; 0 = at every evaluation
     seed: int = 0
@@ -165,6 +165,11 @@ class _Run:
         self.train_in = {k: v.to(device) for k, v in built.backbone.encode(task.train).items()}
         self.test_in = {k: v.to(device) for k, v in built.backbone.encode(task.test).items()}
         self.y_train, self.y_test = task.train.y.to(device), task.test.y.to(device)
+        # periodic evaluations: a seeded random subset of the test split (splits can be ordered by class)
+        pick = torch.randperm(len(self.y_test), generator=generator(cfg.seed, "eval subset"))[:cfg.eval_samples]
+        pick = pick.sort().values.to(device)
+        self.eval_in = {k: v[pick] for k, v in self.test_in.items()}
+        self.eval_y = self.y_test[pick]
         self.graphed = GraphedStep() if cfg.graphs and device.type == "cuda" else None
         self.graph_error: str | None = None
         self.opt = make_optimizer(built, cfg, capturable=self.graphed is not None)
@@ -249,10 +254,10 @@ class _Run:
         return values
 
     def log_eval(self, running: float) -> None:
-        m = evaluate(self.built.model, self.test_in, self.y_test, limit=self.cfg.eval_samples)
+        m = evaluate(self.built.model, self.eval_in, self.eval_y)
         row = {"step": self.step, "link": self.link, "lr": float(self.sched.get_last_lr()[0]),
                "train_loss_running": running, "test_loss_subset": m["loss"], "test_acc_subset": m["acc"],
-               "eval_samples": min(self.cfg.eval_samples, len(self.y_test))}
+               "eval_samples": len(self.eval_y)}
         checkpoint.append_jsonl(self.out / "metrics.jsonl", row)
 
     def snapshot(self) -> None:

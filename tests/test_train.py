@@ -113,3 +113,20 @@ def test_pretrained_base_is_loadable_and_fixed_by_its_sha(tmp_path):
     torch.testing.assert_close(loaded.model.hidden[0].weight, base_w, rtol=0, atol=0)
     with pytest.raises(TrainingError, match="already holds a pretrained base"):
         pretrain(TrainConfig(model="mlp", data="digits", hidden=[16, 16], steps=5), base, progress=False)
+
+
+def test_periodic_evaluation_uses_a_seeded_subset_of_every_part_of_the_test_split(tmp_path):
+    """A test split ordered by class (WordNet's is) must not be cut to its first classes."""
+    import dataclasses
+
+    from genbound.build import build
+    from genbound.data import load_task
+    from genbound.models import resolve_ref
+
+    task = load_task("digits", seed=0)
+    task = dataclasses.replace(task, test=task.test.take(torch.sort(task.test.y, stable=True).indices))
+    cfg = TrainConfig(**{**TINY, "eval_samples": 60})
+    built = build(resolve_ref("mlp", hidden=[16, 16]), task, "lora", 4, 8.0, 1, 0)
+    runs = [_Run(cfg, tmp_path, task, built, torch.device("cpu")) for _ in range(2)]
+    assert len(runs[0].eval_y) == 60 and torch.equal(runs[0].eval_y, runs[1].eval_y)  # seeded
+    assert len(set(runs[0].eval_y.tolist())) == 10 > len(set(task.test.y[:60].tolist()))

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..checkpoint import Loaded
 from ..errors import GenboundError
 from ..methods import generator
-from .estimators import WHICH, device_generator, hutchinson, hutchpp, lanczos_top, slq_density
+from .estimators import STOPS, WHICH, device_generator, hutchinson, hutchpp, lanczos_top, slq_density
 from .operator import (DTYPES, HVP_MODES, PARAM_SETS, HessianOperator, select_params, training_batches,
                        working_model)
 
@@ -39,6 +39,7 @@ class HessianOptions:
     probes: int = 30  # HVPs for each trace estimator
     lanczos_steps: int = 100  # max Lanczos steps for the top-k; steps per SLQ probe
     tol: float = 1e-3  # relative residual tolerance of the top-k (pyhessian: its relative-change tolerance)
+    stop: str = "residual"  # residual (rigorous) | gap (residual^2 / Ritz gap: fewer HVPs, an estimate)
     hvp: str = "auto"  # forward-over-reverse | double-backward | auto (double backward for one vector, else f-o-r)
     cache_graphs: bool = False  # keep every batch's gradient graph: HVPs without forward passes (memory!)
     dtype: str = "float32"  # float32 | float64 (bf16/fp16 models are evaluated in float32)
@@ -51,7 +52,8 @@ class HessianOptions:
 
 
 def check_options(opts: HessianOptions) -> None:
-    choices = {"params": PARAM_SETS, "backend": BACKENDS, "hvp": HVP_MODES, "dtype": tuple(DTYPES), "which": WHICH}
+    choices = {"params": PARAM_SETS, "backend": BACKENDS, "hvp": HVP_MODES, "dtype": tuple(DTYPES), "which": WHICH,
+               "stop": STOPS}
     for key, allowed in choices.items():
         if getattr(opts, key) not in allowed:
             raise GenboundError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}; got "
@@ -118,7 +120,7 @@ def genbound_estimates(op: HessianOperator, opts: HessianOptions, seed: int, den
     """Lanczos top-k, Hutchinson + Hutch++ traces and the SLQ density on one operator."""
     out: dict = {"eigenvalues": [], "residuals": [], "n_hvp_by_stage": {}}
     if opts.top_k:
-        eig = lanczos_top(op, opts.top_k, opts.lanczos_steps, opts.tol, seed, which=opts.which)
+        eig = lanczos_top(op, opts.top_k, opts.lanczos_steps, opts.tol, seed, which=opts.which, stop=opts.stop)
         order = "largest algebraic" if opts.which == "largest" else "largest in magnitude"
         out.update(eigenvalues=eig.eigenvalues, residuals=eig.residuals, residual_estimates=eig.residual_estimates,
                    eigen_steps=eig.steps, eigen_converged=eig.converged,
