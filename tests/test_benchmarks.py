@@ -1,0 +1,50 @@
+"""The training-step benchmark's variants (benchmarks/train_step.py) on the CPU: the same trainable counts
+for the same r, alpha and targets (genbound's LoRA and PEFT's), the limit's gradient reaching the embeddings,
+and the reference variants really on the reference path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import train_step  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def base():
+    return train_step.base_model("tiny")
+
+
+def trainable(base, variant):
+    model, params = train_step.prepare(base, variant, torch.device("cpu"))
+    return model, sum(p.numel() for p in params)
+
+
+def test_variants_train_what_they_should(base, one_thread):
+    counts = {v: trainable(base, v)[1] for v in ("limit", "head", "lora", "asym", "cla", "c3la", "paca", "peft-lora")}
+    assert counts["limit"] == counts["head"]
+    assert counts["lora"] == counts["peft-lora"] > counts["cla"] == counts["asym"] == counts["c3la"] == counts["paca"]
+    layers = base.config.num_hidden_layers
+    d = base.config.hidden_size
+    assert counts["cla"] - counts["head"] == layers * 2 * d * train_step.R  # B of query and value per layer
+    assert counts["lora"] - counts["cla"] == layers * 2 * train_step.R * d  # plus A
+
+
+def test_limit_sends_the_gradient_to_the_embeddings_and_ref_is_the_reference_path(base, one_thread):
+    from genbound.layers import adapter_layers
+
+    model, _ = trainable(base, "limit")
+    seen = []
+    model.base_model.embeddings.register_forward_hook(lambda m, i, out: seen.append(out))
+    ids = torch.randint(5, base.config.vocab_size, (2, 8))
+    F.cross_entropy(model(input_ids=ids).logits, torch.tensor([0, 1])).backward()
+    assert seen[0].grad is not None and seen[0].grad.abs().sum() > 0  # backward reaches the embeddings
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("classifier"))
+    fast, ref = trainable(base, "cla")[0], trainable(base, "cla:ref")[0]
+    assert all(layer.fused for layer in adapter_layers(fast).values())
+    assert not any(layer.fused for layer in adapter_layers(ref).values())
