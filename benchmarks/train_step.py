@@ -15,7 +15,8 @@ adapter path (fused off) for comparison. ``peft-lora``: peft.get_peft_model with
 targets, dropout 0.
 
 Per method and round: a fresh model; peak allocated memory over eager steps, counted from what was allocated
-before the model was built (the method alone on the GPU; what earlier variants left is reported, ~0);
+before the model was built (what earlier variants left, which the process does not free, is untouched and
+subtracted; its size is reported as left_over_mib_max);
 the median eager step time (CUDA events); the median step time when the whole step is captured once in a
 CUDA graph and replayed (launch overhead removed), by genbound.graphs as in the training loop. Rounds
 rotate the method order; the reported numbers are medians over rounds, with ratios to the limit and to
