@@ -16,7 +16,8 @@ targets, dropout 0.
 
 Per method and round: a fresh model; peak allocated memory over eager steps, counted from what was allocated
 before the model was built (what earlier variants left, which the process does not free, is untouched and
-subtracted; its size is reported as left_over_mib_max);
+subtracted; its size is reported as left_over_mib_max; one side stream serves all variants, since every new
+stream holds a cuBLAS workspace for good);
 the median eager step time (CUDA events); the median step time when the whole step is captured once in a
 CUDA graph and replayed (launch overhead removed), by genbound.graphs as in the training loop. Rounds
 rotate the method order; the reported numbers are medians over rounds, with ratios to the limit and to
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 
 from benchlib import add_output_options, setup_device
 
-from genbound.graphs import WARMUP, GraphedStep
+from genbound.graphs import WARMUP, GraphedStep, side_stream
 from genbound.layers import adapter_layers, attach, next_link, set_trainable
 from genbound.methods import FULL, HEAD, get_method
 
@@ -153,7 +154,7 @@ def measure(base, variant: str, batch, device, steps: int, replays: int, graphs:
     model, params = prepare(base, variant, device)
     model.train()
     step, opt = make_step(model, params, batch)
-    side = torch.cuda.Stream()
+    side = side_stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up (and optimizer state) off the default stream, as graphs require
         for _ in range(3):

@@ -17,6 +17,16 @@ from collections.abc import Callable
 import torch
 
 WARMUP = 2  # eager steps before each capture
+_SIDE: dict[int, torch.cuda.Stream] = {}
+
+
+def side_stream() -> torch.cuda.Stream:
+    """One side stream per device for the process: each new stream gets its own cuBLAS workspace, which
+    is never freed, so a study training many runs in one process would otherwise grow by one per run."""
+    device = torch.cuda.current_device()
+    if device not in _SIDE:
+        _SIDE[device] = torch.cuda.Stream()
+    return _SIDE[device]
 
 
 class GraphedStep:
@@ -27,7 +37,7 @@ class GraphedStep:
         self.static: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.warm = 0
-        self.side = torch.cuda.Stream()
+        self.side = side_stream()
 
     def reset(self) -> None:
         """The link's tensors changed: warm up and capture again."""
