@@ -59,25 +59,58 @@ def _assign(model: nn.Module, values: dict[str, torch.Tensor]) -> None:
             t.copy_(value.to(t.device, t.dtype))
 
 
-def fake_quant(x: torch.Tensor, bits: int, scheme: str) -> torch.Tensor:
+LEVELS_EVERY = 10  # QAT steps between refits of the k-means levels (a numpy Lloyd fit on the CPU)
+
+
+def quantized_like(x: torch.Tensor, bits: int, scheme: str, levels: torch.Tensor | None = None) -> torch.Tensor:
+    """levels[symbols] of ``compress.quantize(x, bits, scheme)``, computed on x's device: the uniform grid
+    exactly as quantize makes it (float32 step from float64 min/max, symbols by float64 rint); k-means as
+    the nearest of the given sorted ``levels`` (ties up; None: fitted now by quantize). 1-bit uniform goes
+    through quantize itself."""
+    if scheme == "uniform" and bits >= 2:
+        h = 2 ** (bits - 1) - 1
+        xd = x.detach().float().double()
+        a, b = xd.max().clamp(min=0), (-xd.min()).clamp(min=0)
+        up, down = torch.maximum(a / (h + 1), b / h), torch.maximum(b / (h + 1), a / h)
+        step = torch.where(up <= down, up, -down).float().double()
+        safe = torch.where(step == 0, torch.ones_like(step), step)
+        symbols = torch.clamp(torch.round(xd / safe), -h, h + 1)
+        return torch.where(step == 0, torch.zeros_like(xd), (symbols * step).float().double()).to(x.dtype)
+    if scheme == "uniform" or levels is None:
+        lv, sym = quantize(x.detach(), bits, scheme)
+        return torch.as_tensor(lv[sym], dtype=x.dtype, device=x.device).reshape(x.shape)
+    lv = levels.to(x.device, torch.float64)
+    idx = torch.searchsorted((lv[:-1] + lv[1:]) / 2, x.detach().float().double().contiguous(), right=True)
+    return lv[idx].to(x.dtype)
+
+
+def kmeans_levels(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """The sorted float16 k-means levels quantize would store for x (as float64)."""
+    return torch.as_tensor(quantize(x.detach(), bits, "kmeans")[0].astype("float64"))
+
+
+def fake_quant(x: torch.Tensor, bits: int, scheme: str, levels: torch.Tensor | None = None) -> torch.Tensor:
     """x quantized as ``compress.quantize`` does, with the straight-through gradient of the identity."""
-    levels, symbols = quantize(x.detach(), bits, scheme)
-    q = torch.as_tensor(levels[symbols], dtype=x.dtype, device=x.device).reshape(x.shape)
-    return x + (q - x).detach()
+    return x + (quantized_like(x, bits, scheme, levels) - x).detach()
 
 
 def quantization_aware(model: nn.Module, pairs: dict, deltas: dict[str, torch.Tensor], bits: int, scheme: str,
                        inputs: dict, y: torch.Tensor, steps: int, lr: float, batch_size: int = 64,
                        seed: int = 0) -> dict[str, torch.Tensor]:
-    """``steps`` Adam steps on the deltas with the quantizer in the forward pass (training split only)."""
+    """``steps`` Adam steps on the deltas with the quantizer in the forward pass (training split only).
+    The uniform grid follows the numbers every step, on their device; k-means levels are refitted every
+    LEVELS_EVERY steps (the final code is quantized afresh by compress.encode either way)."""
     device = y.device
     params = {k: d.detach().clone().to(device).requires_grad_(True) for k, d in deltas.items()}
     starts = {k: s.to(device) for k, (_, s) in pairs.items()}
     opt = torch.optim.Adam(params.values(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+    levels: dict[str, torch.Tensor | None] = dict.fromkeys(params)
+    for step in range(steps):
+        if scheme == "kmeans" and step % LEVELS_EVERY == 0:
+            levels = {k: kmeans_levels(p, bits) if p.numel() else None for k, p in params.items()}
         idx = torch.randint(len(y), (batch_size,), generator=gen).to(device)
-        values = {k: starts[k] + fake_quant(p, bits, scheme) for k, p in params.items()}
+        values = {k: starts[k] + fake_quant(p, bits, scheme, levels[k]) for k, p in params.items()}
         loss = F.cross_entropy(logits_of_with(model, values, batch_of(inputs, idx)).float(), y[idx])
         opt.zero_grad()
         loss.backward()
