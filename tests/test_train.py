@@ -130,3 +130,45 @@ def test_periodic_evaluation_uses_a_seeded_subset_of_every_part_of_the_test_spli
     runs = [_Run(cfg, tmp_path, task, built, torch.device("cpu")) for _ in range(2)]
     assert len(runs[0].eval_y) == 60 and torch.equal(runs[0].eval_y, runs[1].eval_y)  # seeded
     assert len(set(runs[0].eval_y.tolist())) == 10 > len(set(task.test.y[:60].tolist()))
+
+
+class RecordingGraphedStep:
+    """Stands in for genbound.graphs.GraphedStep on the CPU: runs the body eagerly, records the phases."""
+
+    def __init__(self):
+        self.phases, self.warm, self.captured = [], 0, False
+
+    def reset(self):
+        self.phases.append("reset")
+        self.warm, self.captured = 0, False
+
+    def run(self, body, inputs, zero_grad):
+        from genbound.graphs import WARMUP
+
+        phase = "replay" if self.captured else ("warm" if self.warm < WARMUP else "capture")
+        self.warm += phase == "warm"
+        self.captured = self.captured or phase == "capture"
+        self.phases.append(phase)
+        zero_grad()
+        return body(inputs)
+
+
+def test_training_loop_drives_the_graph_per_link_and_runs_partial_batches_eagerly(tmp_path):
+    """Warm-ups, one capture and replays per link; a chain boundary starts over; a short batch runs eagerly."""
+    from genbound.build import build
+    from genbound.data import load_task
+    from genbound.models import resolve_ref
+
+    task = load_task("digits", seed=0, n_train=200)  # 200 = 6 x 32 + 8: every 7th batch is short
+    cfg = TrainConfig(**{**TINY, "method": "c3la", "chain": 3, "steps": 21})
+    built = build(resolve_ref("mlp", hidden=[16, 16]), task, "c3la", 4, 8.0, 3, 0)
+    run = _Run(cfg, tmp_path, task, built, torch.device("cpu"))
+    run.graphed = fake = RecordingGraphedStep()
+    sizes = [len(run.batch_indices(s)) for s in range(21)]
+    for _ in range(21):
+        run.train_step()
+    assert run.boundaries == [7, 14] and sizes.count(8) == 3
+    per_link = " ".join(fake.phases).split("reset")
+    assert len(per_link) == 3
+    for phases in per_link:  # 7 steps per link, the short batch (not recorded) among them
+        assert phases.split() == ["warm", "warm", "capture", "replay", "replay", "replay"]
