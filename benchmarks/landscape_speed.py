@@ -105,8 +105,8 @@ def main() -> None:
     ap.add_argument("--space", default="trainable", choices=["trainable", "delta", "all"])
     ap.add_argument("--dirs", default="random", choices=["random", "pca"])
     ap.add_argument("--attention", default="auto", choices=["auto", "model", "eager"],
-                    help="auto/model: as genbound.landscape.build_space (eager on CPU, the model's own, e.g. SDPA, "
-                         "on CUDA); eager: HF eager attention for both paths, also on CUDA")
+                    help="as genbound.landscape.build_space: auto = HF eager attention (vmap fails over SDPA), "
+                         "model = the model's own; eager = auto (the name the first GPU runs used)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tf32", action="store_true",
@@ -117,9 +117,7 @@ def main() -> None:
     args = ap.parse_args()
     device = setup_device(args)
     loaded = checkpoint.load(args.ckpt, device)
-    space = build_space(loaded, args.space, "model" if args.attention == "eager" else args.attention)
-    if args.attention == "eager":  # on CUDA, vmap over SDPA fails (attn_bias batch dimension) in torch 2.11
-        space.model.set_attn_implementation("eager")
+    space = build_space(loaded, args.space, "auto" if args.attention == "eager" else args.attention)
     if args.dirs == "random":
         dirs = random_directions(space.coords, args.seed, 2, False)
     else:

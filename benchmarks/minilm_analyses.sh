@@ -9,9 +9,10 @@
 # .json/.md, and analyses.tgz (checkpoint manifests and metrics, hessian-*.json/txt/png, landscape files).
 # Every step runs under `timeout`, cut to a deadline BUDGET seconds after the start, so the script always
 # ends in time and returns what it has. SMOKE=1: a tiny CPU run of the same steps (tiny-bert, few steps).
-# Seen on one H200 (2026-11-28; the landscape benchmark then ran with --attention auto, which falls back to a
+# Seen on one H200 (2026-11-28; the landscape benchmark then ran with --attention auto, which then fell back to a
 # loop on CUDA and was cut at 99 s): training 45 s (4 in parallel), hessian benchmark 36 s, analyses 182 s;
-# the landscape benchmark with --attention eager and two chunks took about 115 s in a separate call.
+# the landscape benchmark with --attention eager (now what auto does) and two chunks took about 115 s in a
+# separate call.
 set -uo pipefail
 MODEL=${MODEL:-.carry/minilm16}
 OUT=${OUT:-runs/minilm-out}
@@ -19,7 +20,7 @@ RUNS=${RUNS:-runs/minilm}
 BUDGET=${BUDGET:-450}
 METHODS="lora cola cla c3la"
 TRAIN="--epochs 1 --rank 16 --alpha 32"
-LS="--grid 41 --samples 16 64 256 --chunk 32 --attention eager"  # SDPA under vmap fails on CUDA
+LS="--grid 41 --samples 16 64 256 --chunk 32"
 HS="--samples 512 --batch 512 --probe-batch 4 --seeds 2 --repeats 3"
 HESS="--top-k 3 --trace --density --samples 512 --batch 128 --tol 1e-4 --density-probes 3 --lanczos-steps 80"
 LAND="--grid 21 --samples 512"

@@ -34,6 +34,7 @@ import copy
 import gc
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -278,8 +279,6 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
-    import sys
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="*", default=["roberta-base:32x128", "roberta-base:16x512", "minilm:32x128"])
     ap.add_argument("--methods", nargs="+", default=["limit", "head", "lora", "asym", "cla", "rcla", "c3la", "paca",

@@ -150,11 +150,16 @@ def quantize(x: torch.Tensor, bits: int, scheme: str = "uniform", seed: int = 0)
         return np.zeros(2**bits, np.float32 if scheme == "uniform" else np.float16), np.zeros(0, np.int64)
     if scheme == "uniform":
         return _uniform(flat, bits)
+    levels = kmeans_levels(flat, bits)
+    return levels, _nearest(flat, levels)
+
+
+def kmeans_levels(flat: np.ndarray, bits: int) -> np.ndarray:
+    """The stored k-means levels of non-empty float32 numbers: Lloyd centers rounded to float16, sorted."""
     centers = _lloyd(flat, 2**bits)
     if np.abs(centers).max() > FLOAT16_MAX:
         raise ValueError(f"kmeans levels exceed the float16 range (|level| up to {np.abs(centers).max():.3g})")
-    levels = np.sort(centers.astype(np.float16))
-    return levels, _nearest(flat, levels)
+    return np.sort(centers.astype(np.float16))
 
 
 def _count_bits(n: int) -> int:

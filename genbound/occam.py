@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from . import bounds
+from . import bounds, compress
 from .build import Built, adapter_state
 from .checkpoint import Loaded
 from .compress import encode, quantize
@@ -85,8 +85,9 @@ def quantized_like(x: torch.Tensor, bits: int, scheme: str, levels: torch.Tensor
 
 
 def kmeans_levels(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """The sorted float16 k-means levels quantize would store for x (as float64)."""
-    return torch.as_tensor(quantize(x.detach(), bits, "kmeans")[0].astype("float64"))
+    """The sorted float16 k-means levels quantize would store for x (as float64), without coding x."""
+    flat = x.detach().to("cpu", torch.float32).reshape(-1).numpy()
+    return torch.as_tensor(compress.kmeans_levels(flat, bits).astype("float64"))
 
 
 def fake_quant(x: torch.Tensor, bits: int, scheme: str, levels: torch.Tensor | None = None) -> torch.Tensor:

@@ -40,24 +40,16 @@ def test_graphed_text_model_trains_and_records_graphs(tmp_path):
     assert man["timing"]["cuda_graphs"], man["timing"]["cuda_graph_error"]
 
 
-def test_graphed_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_graphed_resume_equals_uninterrupted(tmp_path, interrupt_training):
     from genbound.errors import TrainingError
-    from genbound.train import _Run
 
     cfg = TrainConfig(model="mlp", data="digits", method="c3la", rank=4, chain=3, steps=30, batch_size=32,
                       hidden=[64, 64], save_every=5, device="cuda", amp=False)
     train(cfg, tmp_path / "ref", progress=False)
-    real = _Run.train_step
-
-    def stop(self):
-        if self.step == 17:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(_Run, "train_step", stop)
+    undo = interrupt_training(17)
     with pytest.raises(TrainingError, match="--resume"):
         train(cfg, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(_Run, "train_step", real)
+    undo()
     train(None, tmp_path / "cut", resume=True, progress=False)
     a, b = adapters(tmp_path / "ref"), adapters(tmp_path / "cut")
     for k in a:

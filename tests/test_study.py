@@ -108,22 +108,13 @@ def test_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("analysis/*.json")} == stamps
 
 
-def test_an_interrupted_run_is_resumed(tmp_path, monkeypatch):
-    import genbound.train as train_mod
-
+def test_an_interrupted_run_is_resumed(tmp_path, interrupt_training):
     study = load_study(write_study(tmp_path))
     study.methods, study.seeds, study.analyses = ["cla"], [0], {}
-    real = train_mod._Run.train_step
-
-    def stop(self):
-        if self.step == 5:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(train_mod._Run, "train_step", stop)
+    undo = interrupt_training(5)
     with pytest.raises(GenboundError, match="--resume"):
         run_study(study, progress=False, log=lambda *a: None)
-    monkeypatch.setattr(train_mod._Run, "train_step", real)
+    undo()
     said = []
     run_study(study, progress=False, log=said.append)
     assert said == ["cla-r2-s0: resuming"]

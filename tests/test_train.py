@@ -46,23 +46,16 @@ def test_schedule_runs_over_the_whole_chain(tmp_path):
     assert man["timing"]["steps_per_link"] == [10, 20]
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, interrupt_training):
     cfg = TrainConfig(**TINY, method="c3la", chain=3, steps=30, save_every=5)
     ref = train(cfg, tmp_path / "ref", progress=False)
-    real_step = _Run.train_step
-
-    def stop_at_17(self):
-        if self.step == 17:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(_Run, "train_step", stop_at_17)
+    undo = interrupt_training(17)
     with pytest.raises(TrainingError, match="--resume"):
         train(cfg, tmp_path / "cut", progress=False)
     assert not (tmp_path / "cut" / checkpoint.MANIFEST).exists()
     with pytest.raises(TrainingError, match="interrupted run"):
         train(cfg, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(_Run, "train_step", real_step)
+    undo()
     resumed = train(None, tmp_path / "cut", resume=True, progress=False)
     a = load_file(str(tmp_path / "ref" / checkpoint.ADAPTER))
     b = load_file(str(tmp_path / "cut" / checkpoint.ADAPTER))
