@@ -67,6 +67,8 @@ def quantized_like(x: torch.Tensor, bits: int, scheme: str, levels: torch.Tensor
     exactly as quantize makes it (float32 step from float64 min/max, symbols by float64 rint); k-means as
     the nearest of the given sorted ``levels`` (ties up; None: fitted now by quantize). 1-bit uniform goes
     through quantize itself."""
+    if x.numel() == 0:
+        return x.detach().clone()
     if scheme == "uniform" and bits >= 2:
         h = 2 ** (bits - 1) - 1
         xd = x.detach().float().double()

@@ -181,7 +181,7 @@ def test_decode_refuses_a_header_that_does_not_fit_the_shapes():
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
-@pytest.mark.parametrize("kind", ["normal", "positive", "negative", "zeros", "one value"])
+@pytest.mark.parametrize("kind", ["normal", "positive", "negative", "zeros", "one value", "empty"])
 def test_qat_quantizer_on_the_device_equals_quantize(bits, kind):
     """occam.quantized_like (torch, used at every QAT step) = levels[symbols] of compress.quantize (numpy)."""
     from genbound.occam import kmeans_levels, quantized_like
@@ -189,9 +189,9 @@ def test_qat_quantizer_on_the_device_equals_quantize(bits, kind):
     g = torch.Generator().manual_seed(bits)
     x = {"normal": torch.randn(4000, generator=g) * 1e-2, "positive": torch.rand(4000, generator=g),
          "negative": -torch.rand(4000, generator=g) * 3, "zeros": torch.zeros(500),
-         "one value": torch.full((300,), 0.37)}[kind].reshape(-1, 20)
+         "one value": torch.full((300,), 0.37), "empty": torch.zeros(0)}[kind].reshape(-1, 20)
     for scheme in ("uniform", "kmeans"):
         levels, symbols = quantize(x, bits, scheme)
         want = torch.as_tensor(levels[symbols].astype("float32")).reshape(x.shape)
-        got = quantized_like(x, bits, scheme, kmeans_levels(x, bits) if scheme == "kmeans" else None)
+        got = quantized_like(x, bits, scheme, kmeans_levels(x, bits) if scheme == "kmeans" and x.numel() else None)
         assert torch.equal(got, want), (scheme, float((got - want).abs().max()))

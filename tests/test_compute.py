@@ -183,3 +183,15 @@ def test_compute_on_a_peft_folder_and_on_missing_data(tmp_path, capsys):
     assert main(["compute", "--ckpt", str(ck)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "t.csv" in err[0]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_quantization_aware_fine_tune_runs_on_every_method_and_puts_the_numbers_back(ckpts, method):
+    """What make demo runs (a short QAT before coding), on every kind of trained tensor, empty ones included."""
+    loaded = checkpoint.load(ckpts / method)
+    r = compute(loaded, ComputeOptions(compress=True, compress_bits=[2], qat_steps=3, base_gap=False))
+    assert [(t["scheme"], t["qat_steps"]) for t in r["compress"]["tried"]] == [("uniform", 3), ("kmeans", 3)]
+    assert all(0 <= t["occam_bound"] <= 1 for t in r["compress"]["tried"])
+    fresh = checkpoint.load(ckpts / method)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(loaded.task.test.x), fresh.model(loaded.task.test.x), rtol=0, atol=0)
