@@ -34,7 +34,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check genbound tests benchmarks
+	$(BIN)/ruff check genbound tests benchmarks analysis
 
 clean-demo:
 	rm -rf runs/demo

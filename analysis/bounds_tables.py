@@ -9,9 +9,10 @@ from pathlib import Path
 
 
 def mlp_table(folder: Path, methods: list[str]) -> str:
-    lines = ["| method | k | D paper | D full | train err | test err | gap 0-1 | gap CE | MI term 0-1 (q=32) paper / full "
-             "| Phi_dW | Phi_W0 | Theorem-1 bound, smoothed CE | code: bits (per number), scheme | quantized train / "
-             "test err | Occam bound on test err |", "|" + "---|" * 15]
+    lines = ["| method | k | D paper | D full | train err | test err | gap 0-1 | gap CE | "
+             "MI term 0-1 (q=32) paper / full | Phi_dW | Phi_W0 | Theorem-1 bound, smoothed CE | "
+             "code: bits (per number), scheme | quantized train / test err | Occam bound on test err |",
+             "|" + "---|" * 15]
     for m in methods:
         a = json.loads((folder / f"{m}-01.json").read_text())
         b = json.loads((folder / f"{m}-ce.json").read_text())

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # analysis/minilm-wordnet.toml on the GPU machine (device tool), as SHARDS parallel processes spread over the
-# GPUs there; each shard takes seed 0 of its methods first, so a run cut short by LIMIT still leaves whole
-# seeds. Then the report over every run whose analyses all finished, and one archive under $OUT.
+# GPUs there; the runs not yet finished are dealt over the shards, seed 0 of every method first, so a call cut
+# short by LIMIT still leaves whole seeds. Then the report over every run whose analyses all finished, and one
+# archive under $OUT. SHARDS = the number of runs left gives each its own process.
 # Carry: .carry (minilm16 + wordnet/*.gz) and .whl (the constriction wheel for Python 3.12).
 # Usage there: SHARDS=12 LIMIT=470 bash analysis/minilm-wordnet.sh
 set -uo pipefail
@@ -31,7 +32,7 @@ for d in runs/minilm-wordnet/*/; do
   [ -f "$d/genbound.json" ] && [ "$n" -ge "$want" ] && done_runs+=("$d")
 done
 echo "${#done_runs[@]} runs with every analysis"
-timeout 120 python3 -m genbound compare "${done_runs[@]}" --out reports/minilm-wordnet --title minilm-wordnet \
+timeout 90 python3 -m genbound compare "${done_runs[@]}" --out reports/minilm-wordnet --title minilm-wordnet \
   > runs/logs/compare.log 2>&1 || echo "compare failed: see runs/logs/compare.log"
 tar czf "$OUT/minilm-wordnet.tgz" --exclude='*.safetensors' --exclude='*.pt' reports/minilm-wordnet runs/logs \
   $(for d in runs/minilm-wordnet/*/; do ls "$d"genbound.json "$d"metrics.jsonl "$d"analysis/*.json 2>/dev/null; done)

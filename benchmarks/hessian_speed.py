@@ -121,7 +121,7 @@ def main() -> None:
                 eig, sec = wall(lambda o=o, seed=seed, tol=tol: lanczos_top(
                     o, 1, max_steps=400, tol=tol, seed=seed, which="magnitude", stop=args.stop), device)
                 del o
-                rows.append({"tool": "genbound", "algorithm": f"Lanczos ({h}, stop={args.stop})", "tol": tol,
+                rows.append({"tool": "genbound", "algorithm": lanczos_label(h, args.stop), "tol": tol,
                              "seed": seed,
                              "n_hvp": eig.n_hvp, "seconds": sec, "lambda_1": eig.eigenvalues[0],
                              "rel_error": abs(eig.eigenvalues[0] - lam) / abs(lam), "residual": eig.residuals[0],
@@ -131,7 +131,7 @@ def main() -> None:
         write(info, out, args.name)
         if not args.all_tols:  # a variant whose runs all reach the accuracy at this tol needs no tighter one
             todo = {h: f for h, f in todo.items() if not any(
-                t["algorithm"] == f"Lanczos ({h})" and t["tol"] == tol and t["reaches_accuracy"]
+                t["algorithm"] == lanczos_label(h, args.stop) and t["tol"] == tol and t["reaches_accuracy"]
                 for t in info["summary"])}
             if not todo:
                 break
@@ -152,6 +152,11 @@ def main() -> None:
     print(json.dumps({"ratios": info.get("ratios"), "hvp_over_grad": info["hvp_over_grad"]}))
 
 
+def lanczos_label(hvp: str, stop: str) -> str:
+    """The algorithm column of genbound's rows: the HVP variant and the stopping rule."""
+    return f"Lanczos ({hvp}, stop={stop})"
+
+
 def summarize(info: dict, rows: list[dict], make: dict, args: argparse.Namespace) -> None:
     """Per-setting medians, and the ratios once both tools have a setting that reaches the accuracy."""
     def summary(tool: str, algorithm: str, tol: float) -> dict:
@@ -162,8 +167,9 @@ def summarize(info: dict, rows: list[dict], make: dict, args: argparse.Namespace
                 "rel_error_max": max(r["rel_error"] for r in sel),
                 "reaches_accuracy": all(r["rel_error"] <= args.accuracy for r in sel)}
 
-    table = [summary("genbound", f"Lanczos ({h})", t) for h in make for t in sorted(args.genbound_tols, reverse=True)
-             if any(r["algorithm"] == f"Lanczos ({h})" and r["tol"] == t for r in rows)]
+    names = [lanczos_label(h, args.stop) for h in make]
+    table = [summary("genbound", a, t) for a in names for t in sorted(args.genbound_tols, reverse=True)
+             if any(r["algorithm"] == a and r["tol"] == t for r in rows)]
     table += [summary("pyhessian", "power iteration", t) for t in sorted(args.pyhessian_tols, reverse=True)
               if any(r["tool"] == "pyhessian" and r["tol"] == t for r in rows)]
     info["summary"] = table

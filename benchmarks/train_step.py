@@ -104,11 +104,11 @@ def prepare(base, variant: str, device: torch.device):
 
 def make_step(model, params, batch):
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True, capturable=True)
-    ids, y = batch
+    ids, mask, y = batch
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(input_ids=ids).logits
+            logits = model(input_ids=ids, attention_mask=mask).logits
         loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         opt.step()
@@ -122,7 +122,7 @@ def graph_body(model, opt):
     """The step as genbound.graphs.GraphedStep runs it (no autocast cache inside a capture)."""
     def body(inputs):
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            logits = model(input_ids=inputs["ids"]).logits
+            logits = model(input_ids=inputs["ids"], attention_mask=inputs["mask"]).logits
         loss = F.cross_entropy(logits.float(), inputs["y"])
         loss.backward()
         opt.step()
@@ -168,7 +168,7 @@ def measure(base, variant: str, batch, device, steps: int, replays: int, graphs:
            "left_over_mib": before / 2**20, "trainable": sum(p.numel() for p in params)}
     if graphs:  # the same capture as genbound's training loop (genbound.graphs)
         graphed, body = GraphedStep(), graph_body(model, opt)
-        inputs = {"ids": batch[0], "y": batch[1]}
+        inputs = {"ids": batch[0], "mask": batch[1], "y": batch[2]}
         zero_grad = opt.zero_grad
         try:
             for _ in range(WARMUP + 1):
@@ -188,7 +188,10 @@ def run_shape(shape_spec: str, variants: list[str], device, args) -> dict:
     bsz, seq = (int(v) for v in size.split("x"))
     base = base_model(shape)
     gen = torch.Generator().manual_seed(0)
+    # the attention mask a tokenizer gives (genbound's training always passes it; without one, HF builds a mask
+    # under graph capture that SDPA can only serve with its math kernel)
     batch = (torch.randint(5, base.config.vocab_size, (bsz, seq), generator=gen).to(device),
+             torch.ones(bsz, seq, dtype=torch.long, device=device),
              torch.randint(0, CLASSES, (bsz,), generator=gen).to(device))
     rounds: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.rounds):

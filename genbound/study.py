@@ -172,13 +172,26 @@ def _jsonable(x):
     raise TypeError(f"cannot write {type(x)} as JSON")
 
 
-def shard_of(runs: list[dict], shard: tuple[int, int]) -> list[dict]:
-    """Runs ``i`` of ``n`` shards take, seed by seed: the first seed of every method comes first."""
+def shard_of(runs: list[dict], shard: tuple[int, int], finished=lambda run: False) -> list[dict]:
+    """Runs ``i`` of ``n`` shards take, seed by seed: the first seed of every method comes first. Runs for which
+    ``finished`` holds are left out before the deal, so a resumed study spreads what is left over every shard."""
     i, n = shard
     if not 0 <= i < n:
         raise GenboundError(f"--shard {i}/{n}: need 0 <= i < n")
     order = sorted(runs, key=lambda r: r["config"]["seed"])  # stable: method order kept within a seed
-    return order[i::n]
+    return [r for r in order if not finished(r)][i::n]
+
+
+def _analyses_of(study: Study, run: dict) -> list[str]:
+    """The analyses a run gets: every one the study names, but no spectrum for head-only (no adapted matrix)."""
+    return [a for a in study.analyses if not (a == "spectrum" and run["config"]["method"] == "head")]
+
+
+def finished(study: Study, run: dict) -> bool:
+    """Trained and every analysis written."""
+    out = Path(study.runs) / run["name"]
+    return (out / checkpoint.MANIFEST).is_file() and all(
+        (out / "analysis" / f"{a}.json").is_file() for a in _analyses_of(study, run))
 
 
 def run_study(study: Study, device: str = "auto", progress: bool = True, log=print,
@@ -192,7 +205,8 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
         log(f"pretraining the base into {study.model}")
         pretrain(TrainConfig(**{**study.pretrain, "device": device}), study.model, progress=progress)
     done = []
-    for run in grid(study) if shard is None else shard_of(grid(study), shard):
+    runs = grid(study) if shard is None else shard_of(grid(study), shard, lambda r: finished(study, r))
+    for run in runs:
         out = runs_dir / run["name"]
         if (out / checkpoint.MANIFEST).is_file():
             log(f"{run['name']}: trained already")
@@ -204,7 +218,7 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
             train(TrainConfig(**{**run["config"], "device": device}), out, progress=progress)
         loaded = None
         for name, opts in study.analyses.items():
-            if name == "spectrum" and run["config"]["method"] == "head":  # no adapted matrix
+            if name not in _analyses_of(study, run):
                 continue
             if not (out / "analysis" / f"{name}.json").is_file():
                 from .train import pick_device
@@ -343,11 +357,13 @@ def render_report(result: dict, title: str) -> str:
     lines += ["", "Measures: " + "; ".join(f"`{k}` = {v}" for k, v in result["measures"].items()) + ".", "",
               "## Every checkpoint", "",
               "| checkpoint | method | r | k | seed | test acc | gap 0-1 | gap CE | paper | compression | "
-              "H top | H trace | sharpness | intruders | stable rank | train s |", "|" + "---|" * 16]
+              "H top | H trace | sharpness | intruders | stable rank | train s | peak MiB |", "|" + "---|" * 17]
     for r in sorted(rows, key=lambda r: (r["method"], r["rank"], r["seed"])):
         measures = " | ".join(_fmt(r[k], 3) for k in ("paper_bound", "compression_bound", "hessian_top",
                                                        "hessian_trace", "sharpness", "intruders", "stable_rank"))
-        lines.append(f"| {Path(r['checkpoint']).name} | {r['method']} | {r['rank']} | {r['chain_k']} | {r['seed']} | "
+        rank = r["rank"] if r["scope"] == "adapter" else "-"
+        peak = r.get("peak_gpu_memory_bytes")
+        lines.append(f"| {Path(r['checkpoint']).name} | {r['method']} | {rank} | {r['chain_k']} | {r['seed']} | "
                      f"{r['test_acc']:.4f} | {r['gap_01']:+.4f} | {r['gap_ce']:+.4f} | {measures} | "
-                     f"{r['train_seconds']:.1f} |")
+                     f"{r['train_seconds']:.1f} | {'-' if peak is None else f'{peak / 2**20:.0f}'} |")
     return "\n".join(lines) + "\n"

@@ -154,6 +154,7 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, out: Path, task: Task, built: Built, device: torch.device):
         self.cfg, self.out, self.task, self.built, self.device = cfg, out, task, built, device
+        self.peak = 0  # bytes; see peak_memory
         n = len(task.train)
         self.per_epoch = math.ceil(n / cfg.batch_size)
         self.total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * self.per_epoch))
@@ -253,12 +254,23 @@ class _Run:
                                     f"no checkpoint was written to {self.out}")
         return values
 
+    def peak_memory(self) -> int | None:
+        """Peak GPU memory of the training steps so far: the allocator's peak since the last evaluation ended
+        (``log_eval`` resets it), kept as the maximum over those stretches; None off CUDA."""
+        if self.device.type != "cuda":
+            return None
+        self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
+        return self.peak
+
     def log_eval(self, running: float) -> None:
+        self.peak_memory()  # evaluation (batches of 256, no graph) is left out of the training peak
         m = evaluate(self.built.model, self.eval_in, self.eval_y)
         row = {"step": self.step, "link": self.link, "lr": float(self.sched.get_last_lr()[0]),
                "train_loss_running": running, "test_loss_subset": m["loss"], "test_acc_subset": m["acc"],
                "eval_samples": len(self.eval_y)}
         checkpoint.append_jsonl(self.out / "metrics.jsonl", row)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def snapshot(self) -> None:
         tensors = {n: p.detach().cpu() for n, p in self.built.model.named_parameters() if p.requires_grad}
@@ -320,11 +332,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         raise TrainingError(f"interrupted at step {run.step}/{run.total}; continue with --resume {out}") from None
     finally:
         bar.close()
+    peak = run.peak_memory()
     final = {f"{split}_{key}": value
              for split, (inputs, y) in {"train": (run.train_in, run.y_train), "test": (run.test_in, run.y_test)}.items()
              for key, value in evaluate(built.model, inputs, y).items()}
     timing = {"train_seconds": run.train_seconds, "wall_seconds_this_session": time.perf_counter() - start,
-              "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+              "peak_gpu_memory_bytes": peak, "peak_gpu_memory_scope": "training steps (evaluations left out)",
               "device": str(device), "steps": run.total, "steps_per_link": run.boundaries,
               "cuda_graphs": run.graphed is not None, "cuda_graph_error": run.graph_error}
     manifest = checkpoint.save(out, cfg=dataclasses.asdict(cfg), built=built, task=task, ref=ref,

@@ -48,3 +48,27 @@ def test_limit_sends_the_gradient_to_the_embeddings_and_ref_is_the_reference_pat
     fast, ref = trainable(base, "cla")[0], trainable(base, "cla:ref")[0]
     assert all(layer.fused for layer in adapter_layers(fast).values())
     assert not any(layer.fused for layer in adapter_layers(ref).values())
+
+
+@pytest.mark.parametrize("stop", ["residual", "gap"])
+def test_hessian_benchmark_compares_both_tools(tmp_path, monkeypatch, one_thread, stop):
+    """The Hessian benchmark end to end on a tiny checkpoint: genbound's rows reach its summary under either
+    stopping rule (their label carries the rule) and a ratio against PyHessian comes out."""
+    import json
+
+    import hessian_speed
+
+    from genbound.train import TrainConfig, train
+
+    ck = tmp_path / "ck"
+    train(TrainConfig(model="mlp", data="digits", hidden=[24, 16], method="lora", rank=4, alpha=8, steps=40,
+                      lr=1e-2, eval_samples=50), ck, progress=False)
+    monkeypatch.setattr(sys, "argv", ["hessian_speed.py", "--ckpt", str(ck), "--device", "cpu", "--samples", "64",
+                                      "--batch", "64", "--seeds", "1", "--repeats", "1", "--probe-batch", "2",
+                                      "--stop", stop, "--out", str(tmp_path)])
+    hessian_speed.main()
+    info = json.loads((tmp_path / "hessian_speed.json").read_text())
+    ours = [t for t in info["summary"] if t["tool"] == "genbound"]
+    assert ours and all(t["algorithm"].endswith(f"stop={stop})") for t in ours)
+    assert info["ratios"]["genbound"] in {t["algorithm"] for t in ours}
+    assert "| genbound |" in (tmp_path / "hessian_speed.md").read_text()

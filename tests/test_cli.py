@@ -46,6 +46,23 @@ def test_missing_data_package_names_the_install_command(tmp_path):
     assert rc == 2 and "apt-get install wordnet-base" in one_error_line(err)
 
 
+def test_minilm_folder_from_the_environment(tmp_path, monkeypatch):
+    """GENBOUND_MINILM_DIR (a GPU machine's carried copy) replaces the PyPI package's folder; the same files give
+    the same base sha256; a folder that is no saved model is refused in one line."""
+    from genbound.data import Task
+    from genbound.models import load_backbone, minilm_folder, resolve_ref
+
+    task = Task(name="t", kind="text", num_classes=3, train=None, test=None, class_names=["a", "b", "c"])
+    default = load_backbone(resolve_ref("minilm"), task, 0).sha256
+    (tmp_path / "copy").symlink_to(minilm_folder(), target_is_directory=True)
+    monkeypatch.setenv("GENBOUND_MINILM_DIR", str(tmp_path / "copy"))
+    assert minilm_folder() == str(tmp_path / "copy")
+    assert load_backbone(resolve_ref("minilm"), task, 0).sha256 == default
+    rc, _, err = run_cli(["train", "--model", "tiny-bert", "--data", "wordnet", "--out", "x", "--quiet"], tmp_path,
+                         env={"GENBOUND_MINILM_DIR": str(tmp_path)})
+    assert rc == 2 and "GENBOUND_MINILM_DIR" in one_error_line(err)
+
+
 def test_unknown_data_and_missing_checkpoint(tmp_path):
     rc, _, err = run_cli(["train", *COMMON[:2], "--data", "cifar-1000", "--out", "x"], tmp_path)
     assert rc == 2 and "cifar-1000" in one_error_line(err)

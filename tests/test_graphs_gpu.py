@@ -54,3 +54,25 @@ def test_graphed_resume_equals_uninterrupted(tmp_path, interrupt_training):
     a, b = adapters(tmp_path / "ref"), adapters(tmp_path / "cut")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_peak_memory_counts_the_training_steps_not_the_evaluations(tmp_path, monkeypatch):
+    """Every evaluation here holds an extra 256 MiB: the recorded peak (training steps) stays far below it."""
+    import genbound.train as train_mod
+
+    real = train_mod.evaluate
+
+    def heavy(*args, **kwargs):
+        ballast = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+        out = real(*args, **kwargs)
+        del ballast
+        return out
+
+    monkeypatch.setattr(train_mod, "evaluate", heavy)
+    cfg = TrainConfig(model="mlp", data="digits", method="lora", rank=4, steps=30, batch_size=32, hidden=[64, 64],
+                      eval_every=10, device="cuda")
+    before = torch.cuda.memory_allocated()  # what earlier tests of this process still hold
+    man = train(cfg, tmp_path / "p", progress=False)
+    peak = man["timing"]["peak_gpu_memory_bytes"]
+    assert before < peak < before + 64 * 2**20, (before, peak)
+    assert torch.cuda.max_memory_allocated() >= 256 * 2**20  # the ballast was there (final evaluation)

@@ -99,6 +99,8 @@ def test_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
         assert (report / f).is_file(), f
     result = json.loads((report / "results.json").read_text())
     assert len(result["rows"]) == 8 and "compression_bound|gap_01" in result["ranking"]
+    text = (report / "README.md").read_text()
+    assert "| train s | peak MiB |" in text and "| head-s0 | head | - | 1 | 0 |" in text  # no rank for head-only
     # resumed: nothing is trained or analysed again
     import genbound.train as train_mod
 
@@ -106,6 +108,9 @@ def test_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("analysis/*.json")}
     run_study(study, progress=False, log=lambda *a: None)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("analysis/*.json")} == stamps
+    assert run_study(study, progress=False, log=lambda *a: None, shard=(0, 2)) == []  # finished runs: no share
+    (tmp_path / "runs" / "cla-r2-s1" / "analysis" / "spectrum.json").unlink()
+    assert [p.name for p in run_study(study, progress=False, log=lambda *a: None, shard=(0, 2))] == ["cla-r2-s1"]
 
 
 def test_an_interrupted_run_is_resumed(tmp_path, interrupt_training):
@@ -165,6 +170,8 @@ def test_shards_split_the_grid_seed_first_and_cover_it_once(tmp_path):
     names = sorted(r["name"] for s in shards for r in s)
     assert names == sorted(r["name"] for r in runs)
     assert [s[0]["name"] for s in shards] == ["lora-r2-s0", "cla-r2-s0", "c3la-r2-s0"]  # seed 0 first
+    left = [shard_of(runs, (i, 3), lambda r: r["name"] != "c3la-r2-s1") for i in range(3)]
+    assert [[r["name"] for r in s] for s in left] == [["c3la-r2-s1"], [], []]  # what is left is dealt afresh
     with pytest.raises(GenboundError, match="shard"):
         shard_of(runs, (3, 3))
     assert main(["study", str(tmp_path / "tiny.toml"), "--shard", "x"]) == 2
