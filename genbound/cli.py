@@ -232,6 +232,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
     write_comparison(compare(args.dirs), Path(args.out), args.title or Path(args.out).name)
 
 
+def landscapes_of(rows: list[dict]) -> dict[str, dict]:
+    """One landscape per method for the side-by-side figure: its lowest seed and rank; only when all of them
+    are slices of one kind (all 2-D or all 1-D), as the figure draws them on one scale."""
+    chosen: dict[str, dict] = {}
+    for r in sorted(rows, key=lambda r: (r["seed"], r["rank"])):
+        path = Path(r["checkpoint"]) / "analysis" / "landscape.json"
+        if r["method"] not in chosen and path.is_file():
+            chosen[r["method"]] = {"name": Path(r["checkpoint"]).name, **json.loads(path.read_text())}
+    if len({c["one_d"] for c in chosen.values()}) != 1:
+        return {}
+    return {c.pop("name"): c for c in chosen.values()}
+
+
 def write_comparison(result: dict, out: Path, title: str) -> None:
     """The report folder: README.md, results.json and the figures."""
     from . import plots
@@ -254,6 +267,9 @@ def write_comparison(result: dict, out: Path, title: str) -> None:
                 spectra[Path(r["checkpoint"]).name] = data
     if spectra:
         plots.save(plots.intruder_figure(spectra), str(out / "intruders.png"))
+    landscapes = landscapes_of(result["rows"])
+    if landscapes:
+        plots.save(plots.landscape_figure(landscapes, columns=4), str(out / "landscapes.png"))
     text = render_report(result, title)
     figures = [p.name for p in sorted(out.glob("*.png"))]
     text += "\n## Figures\n\n" + "\n".join(f"![{f}]({f})" for f in figures) + "\n"

@@ -96,8 +96,9 @@ def method_figure(result: dict) -> Figure:
     return fig
 
 
-def landscape_figure(results: dict[str, dict], surface: bool = False) -> Figure:
-    """Loss landscapes side by side on one colour scale (2-D: contours, pca path overlaid; 1-D: curves)."""
+def landscape_figure(results: dict[str, dict], surface: bool = False, columns: int | None = None) -> Figure:
+    """Loss landscapes side by side on one colour scale (2-D: contours, pca path overlaid; 1-D: curves),
+    ``columns`` panels per row (all in one row by default)."""
     items = list(results.items())
     if items[0][1]["one_d"]:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -115,10 +116,14 @@ def landscape_figure(results: dict[str, dict], surface: bool = False) -> Figure:
     else:
         levels = [lo + (hi - lo) * (i / 30) ** 2 for i in range(31)]
     kw = {"subplot_kw": {"projection": "3d"}} if surface else {}
-    fig, axes = plt.subplots(1, len(items), figsize=(4.6 * len(items), 4.2), squeeze=False, layout="constrained",
+    ncols = min(columns or len(items), len(items))
+    nrows = -(-len(items) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.2 * nrows), squeeze=False, layout="constrained",
                              **kw)
+    for ax in axes.flat[len(items):]:
+        ax.set_axis_off()
     mappable = None
-    for ax, (label, r) in zip(axes[0], items):
+    for ax, (label, r) in zip(axes.flat, items):
         a, b = r["coords"]["a"], r["coords"]["b"]
         if surface:
             import numpy as np
@@ -137,7 +142,7 @@ def landscape_figure(results: dict[str, dict], surface: bool = False) -> Figure:
                 ax.legend(fontsize=6, loc="upper right")
             ax.plot([0], [0], "w*", ms=8)
         ax.set(title=f"{label}\nsharpness {r['sharpness']['increase']:.3g}", xlabel="d1", ylabel="d2")
-    fig.colorbar(mappable, ax=list(axes[0]), shrink=0.8, label=f"{items[0][1]['split']} loss")
+    fig.colorbar(mappable, ax=list(axes.flat), shrink=0.8, label=f"{items[0][1]['split']} loss")
     return fig
 
 

@@ -77,6 +77,9 @@ compress_bits = [2]
 schemes = ["uniform"]
 [analyses.spectrum]
 intruders = true
+[analyses.landscape]
+grid = 3
+samples = 20
 """
 
 
@@ -95,10 +98,13 @@ def test_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
                      "head-s0", "head-s1"]
     assert main(["study", str(path), "--quiet"]) == 0
     report = tmp_path / "report"
-    for f in ("README.md", "results.json", "methods.png", "measures-gap_01.png", "intruders.png"):
+    for f in ("README.md", "results.json", "methods.png", "measures-gap_01.png", "intruders.png", "landscapes.png"):
         assert (report / f).is_file(), f
     result = json.loads((report / "results.json").read_text())
     assert len(result["rows"]) == 8 and "compression_bound|gap_01" in result["ranking"]
+    from genbound.cli import landscapes_of
+
+    assert sorted(landscapes_of(result["rows"])) == ["c3la-r2-s0", "cla-r2-s0", "head-s0", "lora-r2-s0"]
     text = (report / "README.md").read_text()
     assert "| train s | peak MiB |" in text and "| head-s0 | head | - | 1 | 0 |" in text  # no rank for head-only
     # resumed: nothing is trained or analysed again
