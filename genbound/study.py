@@ -239,6 +239,8 @@ MEASURES = {
     "paper_bound": ("compute", lambda a: a["mi_term_paper"], "the paper's MI term, paper count"),
     "paper_bound_full": ("compute", lambda a: a["mi_term_full"], "the MI term, every trained number"),
     "log10_phi_dw": ("compute", lambda a: a["log10_phi_dw"], "log10 of Theorem 1's Phi_dW"),
+    "log10_theorem1": ("compute", lambda a: a["log10_theorem1_bound"],
+                       "log10 of Theorem 1's bound (computes with a Lipschitz loss, --loss ce, only)"),
     "compression_bound": ("compute", lambda a: (a.get("compress") or {}).get("occam_bound"),
                           "Occam bound of the quantized model"),
     "hessian_top": ("hessian", lambda a: a["eigenvalues"][0], "largest Hessian eigenvalue"),
@@ -354,16 +356,22 @@ def render_report(result: dict, title: str) -> str:
         axes = ", ".join(f"{a} {_fmt(v, 2)} ({t['groups'][a]})" for a, v in t["per_axis"].items())
         lines.append(f"| {t['measure']} | {t['gap']} | {t['n']} | {t['tau']:+.3f} | "
                      f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}] | {_fmt(t['psi'], 3)} | {axes} |")
-    lines += ["", "Measures: " + "; ".join(f"`{k}` = {v}" for k, v in result["measures"].items()) + ".", "",
-              "## Every checkpoint", "",
-              "| checkpoint | method | r | k | seed | test acc | gap 0-1 | gap CE | paper | compression | "
-              "H top | H trace | sharpness | intruders | stable rank | train s | peak MiB |", "|" + "---|" * 17]
+    lines += ["", "Measures: " + "; ".join(f"`{k}` = {v}" for k, v in result["measures"].items()) + "."]
+    if all(r.get("log10_theorem1") is None for r in rows):
+        lines += ["", "No Theorem-1 bound: these computes ran with the 0-1 loss, which is not Lipschitz; "
+                      "Theorem 1's data-dependent term Phi_dW (`log10_phi_dw`) stands in for it."]
+    lines += ["", "## Every checkpoint", "",
+              "| checkpoint | method | r | k | seed | D paper | test acc | train CE | test CE | gap 0-1 | gap CE | "
+              "paper | log10 Thm 1 | compression | H top | H trace | sharpness | intruders | stable rank | "
+              "train s | peak MiB |", "|" + "---|" * 21]
     for r in sorted(rows, key=lambda r: (r["method"], r["rank"], r["seed"])):
-        measures = " | ".join(_fmt(r[k], 3) for k in ("paper_bound", "compression_bound", "hessian_top",
-                                                       "hessian_trace", "sharpness", "intruders", "stable_rank"))
+        measures = " | ".join(_fmt(r.get(k), 3) for k in (
+            "paper_bound", "log10_theorem1", "compression_bound", "hessian_top", "hessian_trace", "sharpness",
+            "intruders", "stable_rank"))
         rank = r["rank"] if r["scope"] == "adapter" else "-"
         peak = r.get("peak_gpu_memory_bytes")
         lines.append(f"| {Path(r['checkpoint']).name} | {r['method']} | {rank} | {r['chain_k']} | {r['seed']} | "
-                     f"{r['test_acc']:.4f} | {r['gap_01']:+.4f} | {r['gap_ce']:+.4f} | {measures} | "
+                     f"{r['params_paper']:,} | {r['test_acc']:.4f} | {r['train_loss']:.4f} | {r['test_loss']:.4f} | "
+                     f"{r['gap_01']:+.4f} | {r['gap_ce']:+.4f} | {measures} | "
                      f"{r['train_seconds']:.1f} | {'-' if peak is None else f'{peak / 2**20:.0f}'} |")
     return "\n".join(lines) + "\n"

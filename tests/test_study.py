@@ -11,7 +11,7 @@ from scipy.stats import kendalltau
 from genbound.cli import main
 from genbound.compare import bootstrap_tau, granulated_psi, kendall_tau
 from genbound.errors import GenboundError
-from genbound.study import compare, grid, load_study, run_study
+from genbound.study import compare, grid, load_study, render_report, run_study
 
 
 def brute_force_tau(mu, gap):
@@ -107,6 +107,7 @@ def test_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert sorted(landscapes_of(result["rows"])) == ["c3la-r2-s0", "cla-r2-s0", "head-s0", "lora-r2-s0"]
     text = (report / "README.md").read_text()
     assert "| train s | peak MiB |" in text and "| head-s0 | head | - | 1 | 0 |" in text  # no rank for head-only
+    assert "No Theorem-1 bound" in text  # the tiny study computes with the 0-1 loss
     # resumed: nothing is trained or analysed again
     import genbound.train as train_mod
 
@@ -117,6 +118,21 @@ def test_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert run_study(study, progress=False, log=lambda *a: None, shard=(0, 2)) == []  # finished runs: no share
     (tmp_path / "runs" / "cla-r2-s1" / "analysis" / "spectrum.json").unlink()
     assert [p.name for p in run_study(study, progress=False, log=lambda *a: None, shard=(0, 2))] == ["cla-r2-s1"]
+
+
+def test_compare_ranks_the_theorem1_bound_when_computed_for_ce(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path / "cache"))
+    path = write_study(tmp_path)
+    path.write_text(path.read_text().replace("compress = true", 'loss = "ce"\nsmoothing = 0.1')
+                    .replace('methods = ["lora", "cla", "c3la", "head"]', 'methods = ["lora", "cla"]'))
+    study = load_study(path)
+    study.analyses = {"compute": study.analyses["compute"]}
+    dirs = run_study(study, progress=False, log=lambda *a: None)
+    result = compare(dirs)
+    for r, d in zip(result["rows"], dirs):
+        assert r["log10_theorem1"] == json.loads((d / "analysis" / "compute.json").read_text())["log10_theorem1_bound"]
+    assert result["ranking"]["log10_theorem1|gap_ce"]["n"] == 4
+    assert "No Theorem-1 bound" not in render_report(result, "t")
 
 
 def test_an_interrupted_run_is_resumed(tmp_path, interrupt_training):
