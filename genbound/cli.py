@@ -227,8 +227,10 @@ def render_spectrum(r: dict) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .study import compare
+    from .study import compare, fill_missing
 
+    fill_missing(args.dirs, [a for a in args.analyses if a != "none"], args.device,
+                 log=(lambda *a: None) if args.quiet else print)
     write_comparison(compare(args.dirs), Path(args.out), args.title or Path(args.out).name)
 
 
@@ -390,7 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("compare", "rank measures against the measured gap over checkpoints; write a report folder", cmd_compare,
          lambda p: (p.add_argument("dirs", nargs="+", help="checkpoint directories"),
                     p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME"),
-                    p.add_argument("--title", help="report title (default: the folder name)"))),
+                    p.add_argument("--title", help="report title (default: the folder name)"),
+                    p.add_argument("--analyses", nargs="+", default=["compute", "spectrum"], metavar="NAME",
+                                   help="run these (default options) where their JSON is missing first: compute "
+                                        "spectrum hessian landscape, or none (default: compute spectrum)"),
+                    p.add_argument("--device", default="auto", help="auto | cpu | cuda (for --analyses)"))),
         ("study", "run a study file: train the grid, analyse every checkpoint, compare", cmd_study,
          lambda p: (p.add_argument("study", help="analysis/NAME.toml"),
                     p.add_argument("--device", default="auto", help="auto | cpu | cuda"),

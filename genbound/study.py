@@ -155,6 +155,31 @@ def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", load
     return result
 
 
+def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "auto", log=print) -> None:
+    """Run each of ``analyses`` (default options) on every checkpoint that lacks its JSON; head-only checkpoints
+    get no spectrum (no adapted matrix)."""
+    from .methods import HEAD
+    from .train import pick_device
+
+    unknown = sorted(set(analyses) - set(ANALYSES))
+    if unknown:
+        raise GenboundError(f"unknown analysis {unknown}; choose from {list(ANALYSES)}")
+    for d in map(Path, dirs):
+        scope = checkpoint.read_manifest(d)["method"]["scope"]
+        todo = [a for a in analyses if not (d / "analysis" / f"{a}.json").is_file()
+                and not (a == "spectrum" and scope == HEAD)]
+        if not todo:
+            continue
+        try:
+            loaded = checkpoint.load(d, device=pick_device(device))
+        except GenboundError as err:
+            raise GenboundError(f"{err} (needed for its missing {', '.join(todo)}; --analyses none compares "
+                                "only what is on disk)") from None
+        for name in todo:
+            log(f"{d.name}: {name}")
+            run_analysis(d, name, _options(name, {}, "compare"), device, loaded)
+
+
 def finite_json(obj):
     """A copy with every nan or inf float replaced by None (JSON has no such numbers)."""
     if isinstance(obj, float):
@@ -346,7 +371,9 @@ def render_report(result: dict, title: str) -> str:
                      f"{pm(cell['test_acc'])} | {pm(cell['gap_01'])} | {pm(cell['gap_ce'])} | "
                      f"{pm(cell['paper_bound'], 3)} | {pm(cell['compression_bound'], 3)} |")
     lines += ["", "## How well each measure ranks the gap (Kendall tau; granulated Psi over method, rank, seed)", ""]
-    if len(rows) < 10:
+    if len(rows) < 2:
+        lines += ["One checkpoint: nothing to rank.", ""]
+    elif len(rows) < 10:
         lines += [f"Only {len(rows)} checkpoints: tau moves in steps of {2 / (len(rows) * (len(rows) - 1) / 2):.2f} "
                   "and says little; the bootstrap needs two seeds or more.", ""]
     lines += ["| measure | gap | n | tau | 95% seed-bootstrap interval | Psi | per axis (groups) |",

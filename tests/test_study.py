@@ -176,6 +176,29 @@ def test_compare_refuses_mixed_bases_and_tasks(tmp_path):
         compare([tmp_path / "a", tmp_path / "b"])
 
 
+def test_compare_computes_missing_analyses(tmp_path, monkeypatch, capsys):
+    from genbound.train import TrainConfig, train
+
+    monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path / "cache"))
+    dirs = []
+    for method, seed in (("lora", 0), ("lora", 1), ("head", 0)):
+        dirs.append(tmp_path / f"{method}{seed}")
+        train(TrainConfig(model="mlp", data="digits", hidden=[16, 12], method=method, rank=2, steps=5, seed=seed,
+                          eval_samples=10), dirs[-1], progress=False)
+    args = [str(d) for d in dirs]
+    assert main(["compare", *args, "--out", str(tmp_path / "r0"), "--analyses", "none", "--quiet"]) == 0
+    assert not any((d / "analysis").exists() for d in dirs)  # none: read only
+    assert main(["compare", *args, "--out", str(tmp_path / "r1"), "--analyses", "curvature"]) == 2
+    assert "unknown analysis" in capsys.readouterr().err
+    assert main(["compare", *args, "--out", str(tmp_path / "r2")]) == 0  # default: compute and spectrum
+    assert sorted(p.name for p in (dirs[0] / "analysis").iterdir()) == ["compute.json", "spectrum.json"]
+    assert sorted(p.name for p in (dirs[2] / "analysis").iterdir()) == ["compute.json"]  # head: no spectrum
+    result = json.loads((tmp_path / "r2" / "results.json").read_text())
+    assert all(r["paper_bound"] is not None for r in result["rows"])
+    assert main(["compare", args[0], "--out", str(tmp_path / "r3"), "--quiet"]) == 0  # one checkpoint
+    assert "nothing to rank" in (tmp_path / "r3" / "README.md").read_text()
+
+
 def test_every_shipped_study_file_is_valid():
     files = sorted(Path(__file__).resolve().parents[1].joinpath("analysis").glob("*.toml"))
     assert files
