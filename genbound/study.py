@@ -384,7 +384,7 @@ def render_report(result: dict, title: str) -> str:
         lines.append(f"| {t['measure']} | {t['gap']} | {t['n']} | {t['tau']:+.3f} | "
                      f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}] | {_fmt(t['psi'], 3)} | {axes} |")
     lines += ["", "Measures: " + "; ".join(f"`{k}` = {v}" for k, v in result["measures"].items()) + "."]
-    if all(r.get("log10_theorem1") is None for r in rows):
+    if all(r.get("log10_theorem1") is None for r in rows) and any(r.get("paper_bound") is not None for r in rows):
         lines += ["", "No Theorem-1 bound: these computes ran with the 0-1 loss, which is not Lipschitz; "
                       "Theorem 1's data-dependent term Phi_dW (`log10_phi_dw`) stands in for it."]
     lines += ["", "## Every checkpoint", "",
