@@ -4,9 +4,12 @@
 
 Forward builds W0 + dW in float32 (one exact sum of the frozen links and the trainable one), rounds it
 once to the compute dtype (the autocast dtype, else x's) and makes one product, as a frozen layer does.
-Backward rebuilds the merged weight instead of keeping it, so d x costs one product too, and autograd
-keeps only what the link's gradient needs: the r gathered columns x[..., idx] (selectors, PaCA) or
-x A^T (dense links with a frozen A), and x itself only when A is trained (LoRA, LoRA+, CoLA).
+For d x (one product too) the merged weight is kept when W0 is stored in another dtype, where a frozen
+layer under autocast keeps its cast copy as well, and rebuilt in backward when W0 is already in the
+compute dtype (bf16 or fp16 bases), where keeping it would cost a weight-sized copy per layer that the
+frozen layer does not pay. Autograd keeps only what the link's gradient needs besides: the r gathered
+columns x[..., idx] (selectors, PaCA) or x A^T (dense links with a frozen A), and x itself only when A
+is trained (LoRA, LoRA+, CoLA).
 
 Not supported here, and served by the reference path (AdapterLinear.forward, fused off): torch.func
 transforms and double backward (the Hessian and landscape analyses). Tests check that both paths give
@@ -55,19 +58,21 @@ class FusedAdapterLinear(torch.autograd.Function):
             proj = None
             if need_b:
                 proj = xc.index_select(-1, idx) if A is None else F.linear(xc, A.detach().to(dtype))
+        keep = ctx.needs_input_grad[0] and weight.dtype != dtype  # see the module docstring
         ctx.scale, ctx.dtype, ctx.x_dtype, ctx.has_bias = scale, dtype, x.dtype, bias is not None
-        ctx.save_for_backward(xc if need_a else None, proj, weight, B, A, idx, Bf, Af, idxf)
+        ctx.save_for_backward(xc if need_a else None, proj, W if keep else None, weight, B, A, idx, Bf, Af, idxf)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        xc, proj, weight, B, A, idx, Bf, Af, idxf = ctx.saved_tensors
+        xc, proj, W, weight, B, A, idx, Bf, Af, idxf = ctx.saved_tensors
         s, dtype = ctx.scale, ctx.dtype
         grads = [None] * 11
         with torch.autocast(gy.device.type, enabled=False):
             gy = gy.to(dtype)
             if ctx.needs_input_grad[0]:
-                W = merged_weight(weight, B, A, idx, Bf, Af, idxf, s, dtype)
+                if W is None:
+                    W = merged_weight(weight, B, A, idx, Bf, Af, idxf, s, dtype)
                 grads[0] = (gy @ W).to(ctx.x_dtype)
             g2 = gy.reshape(-1, gy.shape[-1])
             if ctx.has_bias and ctx.needs_input_grad[2]:

@@ -99,3 +99,24 @@ def test_training_uses_the_fused_path_and_reloads_to_the_same_outputs(tmp_path, 
     torch.testing.assert_close(fast[0], ref[0], rtol=1e-5, atol=1e-5)
     for name in ref[2]:
         torch.testing.assert_close(fast[2][name], ref[2][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("base_dtype, keeps", [(torch.float32, True), (torch.bfloat16, False)])
+def test_merged_weight_is_kept_only_where_a_frozen_layer_keeps_a_cast_copy(digits, base_dtype, keeps):
+    """Under bf16 autocast a float32 W0 is cast (and the copy kept) by a frozen layer too, so the merged weight
+    is kept for d x; a bf16 W0 is used as is, so the merged weight is rebuilt in backward. The gradients agree."""
+    built = built_with_links(digits, "c3la", base_dtype)
+    layer = next(iter(adapter_layers(built.model).values()))
+    x = torch.randn(8, layer.weight.shape[1], dtype=base_dtype, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), use_fused(built.model, True):
+        y = layer(x)
+    saved = y.grad_fn.saved_tensors[2]  # (x, proj, merged W, W0, ...)
+    assert (saved is not None) == keeps
+    if keeps:
+        assert saved.dtype == torch.bfloat16 and saved.shape == layer.weight.shape
+    y.float().sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16), use_fused(built.model, False):
+        layer(x).float().sum().backward()
+    torch.testing.assert_close(gx.float(), x.grad.float(), rtol=2e-2, atol=2e-2)
