@@ -25,12 +25,12 @@ for i in $(seq 0 $((SHARDS - 1))); do
     --shard "$i/$SHARDS" --quiet > "runs/logs/shard-$i.log" 2>&1 &
 done
 wait
-done_runs=()
-for d in runs/minilm-wordnet/*/; do
-  n=$(ls "$d"analysis/*.json 2>/dev/null | wc -l)
-  want=4; case $d in *head-*) want=3;; esac  # no spectrum for head-only
-  [ -f "$d/genbound.json" ] && [ "$n" -ge "$want" ] && done_runs+=("$d")
-done
+mapfile -t done_runs < <(python3 - <<'PY'  # the runs the study counts as finished (trained, every analysis)
+from genbound.study import finished, grid, load_study
+study = load_study("analysis/minilm-wordnet.toml")
+print("\n".join(f"{study.runs}/{r['name']}" for r in grid(study) if finished(study, r)))
+PY
+)
 echo "${#done_runs[@]} runs with every analysis"
 timeout 90 python3 -m genbound compare "${done_runs[@]}" --out reports/minilm-wordnet --title minilm-wordnet \
   > runs/logs/compare.log 2>&1 || echo "compare failed: see runs/logs/compare.log"

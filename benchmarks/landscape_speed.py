@@ -25,24 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchlib import setup_device, wall
+from benchlib import add_output_options, setup_device, wall
 
 from genbound import checkpoint
 from genbound.landscape import (build_space, eval_subset, evaluate_points, evaluate_points_loop, grid_axis,
                                 random_directions, read_trajectory, trajectory_directions)
 
 
-def timed(fn, device: torch.device):
-    """(synchronized wall seconds of one call, fn's result)."""
-    result, seconds = wall(fn, device)
-    return seconds, result
-
-
 def run_setting(space, dirs, pts, data, args, device: torch.device) -> list[dict]:
     """The loop once, then the batched path for each chunk (and with TF32 when asked), on one subset."""
     evaluate_points_loop(space, dirs, pts[:2], data, args.batch_size)  # warm-up (kernels, allocator)
-    loop_s, (loop_loss, loop_acc) = timed(lambda: evaluate_points_loop(space, dirs, pts, data, args.batch_size),
-                                          device)
+    (loop_loss, loop_acc), loop_s = wall(lambda: evaluate_points_loop(space, dirs, pts, data, args.batch_size),
+                                         device)
     tokens = int(data.inputs["attention_mask"].sum()) if "attention_mask" in data.inputs else None
     print(f"samples {len(data.y)}: loop, {len(pts)} points in {loop_s:.3f} s")
     rows = []
@@ -52,8 +46,8 @@ def run_setting(space, dirs, pts, data, args, device: torch.device) -> list[dict
         evaluate_points(space, dirs, pts[:chunk], data, chunk, args.batch_size)  # warm-up
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        sec, (loss, acc, info) = timed(lambda c=chunk: evaluate_points(space, dirs, pts, data, c, args.batch_size),
-                                       device)
+        (loss, acc, info), sec = wall(lambda c=chunk: evaluate_points(space, dirs, pts, data, c, args.batch_size),
+                                      device)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         torch.backends.cuda.matmul.allow_tf32 = False
         rows.append({"samples": len(data.y), "tokens": tokens, "chunk": chunk, "matmul": mode, "batched_s": sec,
@@ -108,12 +102,9 @@ def main() -> None:
                     help="as genbound.landscape.build_space: auto = HF eager attention (vmap fails over SDPA), "
                          "model = the model's own; eager = auto (the name the first GPU runs used)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--tf32", action="store_true",
                     help="CUDA: also time the batched path with TF32 matmuls (not identical; labelled rows)")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
-    ap.add_argument("--name", default="landscape_speed")
-    ap.add_argument("--out", default="reports/performance")
+    add_output_options(ap, "landscape_speed")
     args = ap.parse_args()
     device = setup_device(args)
     loaded = checkpoint.load(args.ckpt, device)

@@ -6,11 +6,13 @@
         [--accuracy-model .carry/minilm16 --accuracy-epochs 1] [--device auto] [--out reports/performance]
 
 Models are random-init encoders of the named shape (cost does not depend on the weights) with a 45-class
-head, fed random tokens without padding, under bf16 autocast with fp32 master weights. Every method trains
+head, fed random tokens without padding (with the all-ones attention mask a tokenizer gives), under bf16
+autocast with fp32 master weights. Every method trains
 the head; adapters sit on query and value (genbound's and PEFT's default), r = 16, alpha = 32; chains (c3la)
 are measured on their last link, with the two finished links in place. One step = forward, cross-entropy,
-backward, fused AdamW (capturable). ``limit``: every weight frozen but the head, with the gradient still
-flowing down to the embeddings' output: no adapter can cost less. ``NAME:ref`` runs genbound's reference
+backward, fused AdamW (capturable); the training loop adds gradient clipping and the learning-rate schedule,
+the same for every method, which are not timed here. ``limit``: every weight frozen but the head, with the
+gradient still flowing down to the embeddings' output: no adapter can cost less. ``NAME:ref`` runs genbound's reference
 adapter path (fused off) for comparison. ``peft-lora``: peft.get_peft_model with the same r, alpha and
 targets, dropout 0.
 

@@ -131,38 +131,41 @@ def cmd_compute(args: argparse.Namespace) -> None:
     from .compute import ComputeOptions, compute, render
     from .train import pick_device
 
-    ckpt = resolve_ckpt(args)
+    ckpt = resolve_ckpt(args.ckpt, args)
     loaded = load(ckpt, device=pick_device(args.device), base=args.base)
     result = compute(loaded, config_from(args, ComputeOptions))
     print(render(result))
     write_json(args.json, result)
 
 
-def resolve_ckpt(args: argparse.Namespace) -> str:
+def resolve_ckpt(ckpt: str, args: argparse.Namespace) -> str:
     """A genbound checkpoint as given, or a PEFT adapter folder imported into DIR/genbound (needs --data)."""
-    folder = Path(args.ckpt)
+    folder = Path(ckpt)
     if (folder / "genbound.json").is_file() or not (folder / "adapter_config.json").is_file():
-        return args.ckpt
+        return ckpt
     from .peft_io import import_peft
 
     target = folder / "genbound"
     if not (target / "genbound.json").is_file():
         if not args.data:
             raise GenboundError(f"{folder} is a PEFT adapter folder: give --data (and --method) to evaluate it")
-        import_peft(folder, target, method=args.method, data=args.data, seed=args.seed, model=args.model)
+        import_peft(folder, target, method=args.method, data=args.data, seed=args.peft_seed, model=args.model)
     return str(target)
 
 
 def analysis_options(p: argparse.ArgumentParser, multiple: bool = False) -> None:
     """Options every analysis of a checkpoint takes (one checkpoint may also be a PEFT adapter folder)."""
     if multiple:
-        p.add_argument("--ckpt", required=True, action="append", help="checkpoint directory (repeat for several)")
+        p.add_argument("--ckpt", required=True, action="append",
+                       help="checkpoint directory or PEFT adapter folder (with --data); repeat for several")
     else:
         p.add_argument("--ckpt", required=True, help="checkpoint directory (or a PEFT adapter folder with --data)")
-        p.add_argument("--method", default="lora", help="PEFT folders: what PEFT cannot record (lora_plus, asym)")
-        p.add_argument("--data", help="PEFT folders: the task to evaluate on")
-        p.add_argument("--model", help="PEFT folders: the base model (default: the adapter's)")
-        p.add_argument("--seed", type=int, default=0, help="PEFT folders: the split seed")
+    p.add_argument("--method", default="lora", help="PEFT folders: what PEFT cannot record (lora_plus, asym)")
+    p.add_argument("--data", help="PEFT folders: the task to evaluate on")
+    p.add_argument("--model", help="PEFT folders: the base model (default: the adapter's)")
+    # the analyses' own --seed is theirs; the split seed of a PEFT folder is --peft-seed there
+    p.add_argument("--peft-seed" if multiple else "--seed", dest="peft_seed", type=int, default=0,
+                   help="PEFT folders: the split seed")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--base", help="where the base model is now, when it has moved (its sha256 must match)")
 
@@ -190,7 +193,7 @@ def analyse_each(args: argparse.Namespace, analysis: Callable, render: Callable[
     from .train import pick_device
 
     results = {}
-    for path in args.ckpt:
+    for path in (resolve_ckpt(c, args) for c in args.ckpt):
         loaded = load(path, device=pick_device(args.device), base=args.base)
         try:
             r = analysis(loaded, path)
@@ -438,6 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"genbound {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # torch is imported lazily here: the CLI starts without it
+        import torch
+
+        if not isinstance(err, torch.OutOfMemoryError):
+            raise
+        print(f"genbound {args.command}: error: out of GPU memory; use smaller batches (--batch, --chunk, "
+              "--probe-batch, --batch-size) or fewer --samples", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into head or less and closed early
         sys.stdout = open(os.devnull, "w")
     return 0

@@ -339,12 +339,14 @@ def eval_subset(loaded: Loaded, split: str, samples: int, seed: int) -> EvalData
 
 
 def point_params(base: dict, dirs: list[dict], coef: torch.Tensor) -> dict[str, torch.Tensor]:
-    """base + sum_j coef[j] dirs[j] for the tensors the directions move (the same arithmetic in every path)."""
+    """base + sum_j coef[..., j] dirs[j] for the tensors the directions move (the same arithmetic in every
+    path); coef (k,) gives one point, (P, k) P points stacked on a leading axis."""
     out = {}
     for n in dirs[0]:
         p = base[n]
         for j, d in enumerate(dirs):
-            p = p + coef[j] * d[n]
+            c = coef[..., j]
+            p = p + c.reshape(c.shape + (1,) * d[n].dim()) * d[n]
         out[n] = p
     return out
 
@@ -377,24 +379,28 @@ def evaluate_points(space: Space, dirs: list[dict], coefs: torch.Tensor, data: E
     loss, correct = (torch.zeros(len(coefs), dtype=t, device=dev) for t in (torch.float64, torch.long))
     info: dict = {"path": "vmap", "chunk": chunk, "batch_size": batch_size, "vmap_fallback_ops": []}
 
-    def one(c, batch, y):
-        return _per_example(space.model, point_params(space.base, dirs, c), batch, y)
+    def one(params, batch, y):
+        return _per_example(space.model, params, batch, y)
 
     for lo in range(0, len(coefs), chunk):
         part = coefs[lo:lo + chunk]
+        stacked = point_params(space.base, dirs, part)  # once per chunk, not per batch
         for batch, y in batches:
             if info["path"] == "vmap":
                 try:
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        ce, ok = vmap(one, in_dims=(0, None, None))(part, batch, y)
+                        ce, ok = vmap(one, in_dims=(0, None, None))(stacked, batch, y)
                     info["vmap_fallback_ops"] = sorted({*info["vmap_fallback_ops"], *(
                         str(w.message).split("batching rule for ")[1].split(".")[0]
                         for w in caught if "batching rule for " in str(w.message))})
+                except torch.OutOfMemoryError:
+                    raise  # too large a --chunk: say so, not a silent switch to the loop
                 except (RuntimeError, NotImplementedError, ValueError) as err:
                     info["path"] = f"loop of functional_call (vmap failed: {str(err).splitlines()[0][:200]})"
             if info["path"] != "vmap":
-                ce, ok = (torch.stack(t) for t in zip(*(one(c, batch, y) for c in part)))
+                ce, ok = (torch.stack(t) for t in zip(*(one({n: v[i] for n, v in stacked.items()}, batch, y)
+                                                          for i in range(len(part)))))
             loss[lo:lo + len(part)] += ce.double().sum(1)
             correct[lo:lo + len(part)] += ok.sum(1)
     return (loss / n).cpu().numpy(), (correct.double() / n).cpu().numpy(), info

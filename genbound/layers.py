@@ -84,7 +84,7 @@ class AdapterLinear(nn.Module):
         return F.linear(x, a_or_idx) if self.dense_link else x.index_select(-1, a_or_idx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
+        if self.fused and not self.weight.requires_grad:  # the fused path gives W0 no gradient
             return fused_linear(self, x)
         y = F.linear(x, self.weight, self.bias)
         if self.frozen_B.shape[1]:
@@ -213,9 +213,10 @@ def set_trainable(model: nn.Module, method: Method, head: list[str]) -> None:
         elif any(name == h or name.startswith(h + ".") for h in head):
             p.requires_grad_(True)
         else:
-            p.requires_grad_(method.scope != HEAD and _is_link_tensor(name, method))
+            p.requires_grad_(method.scope != HEAD and is_link_tensor(name, method))
 
 
-def _is_link_tensor(name: str, method: Method) -> bool:
+def is_link_tensor(name: str, method: Method) -> bool:
+    """A tensor of the trainable link (by its name): B, PaCA's columns, and A where the method trains it."""
     leaf = name.rpartition(".")[2]
     return leaf in ("lora_B", "columns") or (leaf == "lora_A" and method.train_a)

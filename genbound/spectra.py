@@ -153,7 +153,14 @@ class SvdCache:
 def intruder_counts(u0: torch.Tensor, w: torch.Tensor, top_k: int | None, eps: list[float]) -> list[int]:
     """For each eps: how many of the top-k left singular vectors u_j of ``w`` (all when top_k is None) have
     max_i |<u_j, u0_i>| < eps."""
-    u = torch.linalg.svd(w.detach().double(), full_matrices=False)[0]
+    return _counts(left_vectors(w), u0, top_k, eps)
+
+
+def left_vectors(w: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.svd(w.detach().double(), full_matrices=False)[0]
+
+
+def _counts(u: torch.Tensor, u0: torch.Tensor, top_k: int | None, eps: list[float]) -> list[int]:
     k = u.shape[1] if top_k is None else min(top_k, u.shape[1])
     best = (u[:, :k].T @ u0.to(u)).abs().max(dim=1).values
     return [int((best < e).sum()) for e in eps]
@@ -173,9 +180,8 @@ def spectrum(model: torch.nn.Module, init: torch.nn.Module, names: list[str], ba
         mats.append({"name": up.name, "n": n, "m": m, "singular_values": s.cpu().tolist(), **spectrum_stats(s)})
         if intruders:
             u0, _ = cache.get(up.name, up.w0)
-            w = up.w0.double() + up.delta()
-            counts_k[up.name] = intruder_counts(u0, w, top_k, eps)
-            counts_all[up.name] = intruder_counts(u0, w, None, eps)
+            u = left_vectors(up.w0.double() + up.delta())  # one SVD for both counts
+            counts_k[up.name], counts_all[up.name] = _counts(u, u0, top_k, eps), _counts(u, u0, None, eps)
     out = {"schema": "genbound.spectrum/1", "matrices": mats}
     if intruders:
         out["intruders"] = {"eps": eps, "top_k": top_k, "counts_per_matrix": counts_k,

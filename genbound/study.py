@@ -158,7 +158,6 @@ def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", load
 def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "auto", log=print) -> None:
     """Run each of ``analyses`` (default options) on every checkpoint that lacks its JSON; head-only checkpoints
     get no spectrum (no adapted matrix)."""
-    from .methods import HEAD
     from .train import pick_device
 
     unknown = sorted(set(analyses) - set(ANALYSES))
@@ -166,8 +165,7 @@ def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "aut
         raise GenboundError(f"unknown analysis {unknown}; choose from {list(ANALYSES)}")
     for d in map(Path, dirs):
         scope = checkpoint.read_manifest(d)["method"]["scope"]
-        todo = [a for a in analyses if not (d / "analysis" / f"{a}.json").is_file()
-                and not (a == "spectrum" and scope == HEAD)]
+        todo = [a for a in analyses if applies(a, scope) and not (d / "analysis" / f"{a}.json").is_file()]
         if not todo:
             continue
         try:
@@ -207,9 +205,18 @@ def shard_of(runs: list[dict], shard: tuple[int, int], finished=lambda run: Fals
     return [r for r in order if not finished(r)][i::n]
 
 
+def applies(analysis: str, scope: str) -> bool:
+    """Every analysis applies to every checkpoint but the spectrum, which needs an adapted matrix (not head-only)."""
+    from .methods import HEAD
+
+    return not (analysis == "spectrum" and scope == HEAD)
+
+
 def _analyses_of(study: Study, run: dict) -> list[str]:
-    """The analyses a run gets: every one the study names, but no spectrum for head-only (no adapted matrix)."""
-    return [a for a in study.analyses if not (a == "spectrum" and run["config"]["method"] == "head")]
+    """The analyses of the study that apply to the run."""
+    from .methods import get_method
+
+    return [a for a in study.analyses if applies(a, get_method(run["config"]["method"]).scope)]
 
 
 def finished(study: Study, run: dict) -> bool:

@@ -314,7 +314,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                 save = run.step % run.save_every == 0 and run.step < run.total
                 if not (snap or evaluate_now or save or len(pending) >= SYNC_EVERY):
                     continue
-                for loss in run.check_losses(pending):  # the one host sync of SYNC_EVERY steps
+                for loss in run.check_losses(pending):  # the loss sync of SYNC_EVERY steps (eager token
+                    # batches also read their length in batch_of: one small sync per step, for shorter rows)
                     running = loss if running is None else 0.95 * running + 0.05 * loss
                 pending = []
                 run.train_seconds += time.perf_counter() - t0
@@ -328,6 +329,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                 t0 = time.perf_counter()
     except KeyboardInterrupt:
         run.check_losses(pending)
+        run.train_seconds += time.perf_counter() - t0  # the steps since the last sync count too
         run.save_state()
         raise TrainingError(f"interrupted at step {run.step}/{run.total}; continue with --resume {out}") from None
     finally:

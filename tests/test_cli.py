@@ -97,3 +97,17 @@ def test_hessian_and_landscape_commands_write_their_files(tmp_path, capsys):
     assert len(json.loads((tmp_path / "ls.json").read_text())["results"][1]["losses"]) == 5
     assert main(["landscape", *ckpts[:2], "--grid", "2", "--out", str(tmp_path / "bad")]) == 2
     assert "grid" in capsys.readouterr().err
+
+
+def test_out_of_gpu_memory_is_one_line(monkeypatch, capsys):
+    import torch
+
+    import genbound.cli as cli
+
+    def oom(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cli, "cmd_info", oom)
+    assert main(["info", "--ckpt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of GPU memory" in err

@@ -4,6 +4,7 @@ gradients for every method, in float64 and under bf16 autocast, across chain bou
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -86,11 +87,19 @@ def test_fused_under_bf16_autocast_is_as_close_as_the_reference(digits, method):
 
 
 @pytest.mark.parametrize("method", ["lora", "cla", "c3la", "paca"])
-def test_training_uses_the_fused_path_and_reloads_to_the_same_outputs(tmp_path, method, one_thread):
+def test_training_uses_the_fused_path_and_reloads_to_the_same_outputs(tmp_path, method, one_thread, monkeypatch):
+    import genbound.layers as layers_mod
+
+    calls = []
+    real = layers_mod.fused_linear
+    monkeypatch.setattr(layers_mod, "fused_linear", lambda layer, x: calls.append(1) or real(layer, x))
     chain = K if get_method(method).chain else 1
     cfg = TrainConfig(model="mlp", data="digits", method=method, rank=R, chain=chain, steps=12,
                       batch_size=32, hidden=[32, 32], eval_samples=64)
+    train(dataclasses.replace(cfg, fused=False), tmp_path / "ref", progress=False)
+    assert not calls  # --no-fused: the reference path only
     train(cfg, tmp_path / method, progress=False)
+    assert calls  # the default: training steps go through the fused path
     loaded = checkpoint.load(tmp_path / method)
     task = load_task("digits", seed=0)
     x, y = task.test.x[:40], task.test.y[:40]
@@ -120,3 +129,17 @@ def test_merged_weight_is_kept_only_where_a_frozen_layer_keeps_a_cast_copy(digit
     with torch.autocast("cpu", dtype=torch.bfloat16), use_fused(built.model, False):
         layer(x).float().sum().backward()
     torch.testing.assert_close(gx.float(), x.grad.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_a_trainable_w0_takes_the_reference_path(digits):
+    """A head layer given adapters (targets may match it) trains its own weight: the fused path, which gives
+    W0 no gradient, must step aside so the weight still gets the reference path's gradient."""
+    built = build(resolve_ref("mlp", hidden=[32, 32]), digits, "lora", R, 8.0, 1, 0, targets=["head$"])
+    layer = adapter_layers(built.model)["head"]
+    assert layer.weight.requires_grad
+    x, y = digits.train.x[:16].float(), digits.train.y[:16]
+    ref = outputs_and_grads(built.model, x, y, fused=False)
+    fast = outputs_and_grads(built.model, x, y, fused=True)
+    assert "head.weight" in ref[2] and ref[2].keys() == fast[2].keys()
+    for name in ref[2]:
+        torch.testing.assert_close(fast[2][name], ref[2][name], msg=name)

@@ -167,3 +167,20 @@ def test_import_names_missing_files(runs, tmp_path):
     (adapter / "adapter_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="adapter_model.safetensors"):
         import_peft(adapter, tmp_path / "back", data="digits")
+
+
+def test_every_analysis_takes_a_peft_folder(runs, tmp_path):
+    """--ckpt of spectrum (and hessian, landscape: the same option code) accepts a PEFT adapter folder with
+    --data, as compute's does: imported once into DIR/genbound, the spectrum equals the original's."""
+    from genbound.cli import main
+
+    ckpt = runs("mlp", "lora")
+    adapter = export_peft(ckpt, tmp_path / "peft")
+    assert main(["spectrum", "--ckpt", str(adapter), "--data", "digits", "--json", str(tmp_path / "p.json")]) == 0
+    assert main(["spectrum", "--ckpt", str(ckpt), "--json", str(tmp_path / "g.json")]) == 0
+    assert (adapter / "genbound" / "genbound.json").is_file()
+    theirs, ours = (json.loads((tmp_path / f).read_text())["matrices"] for f in ("p.json", "g.json"))
+    assert [m["name"] for m in theirs] == [m["name"] for m in ours]
+    for a, b in zip(theirs, ours):
+        assert a["singular_values"] == pytest.approx(b["singular_values"], rel=1e-6)
+    assert main(["spectrum", "--ckpt", str(adapter), "--json", str(tmp_path / "x.json")]) == 0  # imported: kept

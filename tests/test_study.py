@@ -3,8 +3,10 @@
 import itertools
 import json
 import math
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
@@ -46,6 +48,50 @@ def test_granulated_psi_by_hand():
     assert out["per_axis"]["rank"] == 0.0 and out["groups"]["rank"] == 2
     assert math.isnan(out["per_axis"]["seed"]) and out["groups"]["seed"] == 0
     assert out["psi"] == pytest.approx(((1 / 3 - 1) / 2 + 0) / 2)
+
+
+def test_granulated_psi_on_a_grid_against_brute_force():
+    """3 methods x 2 ranks x 3 seeds of random numbers, one row missing: every axis's groups written out and
+    each group's tau by brute force (and by scipy where nothing ties)."""
+    rng = np.random.default_rng(7)
+    rows = [{"method": m, "rank": r, "seed": s, "mu": float(rng.normal()), "g": float(rng.normal())}
+            for m in "abc" for r in (4, 16) for s in range(3)][1:]
+    axes = ("method", "rank", "seed")
+    out = granulated_psi(rows, "mu", "g", axes)
+    expected = {}
+    for axis in axes:
+        others = [a for a in axes if a != axis]
+        keys = {tuple(r[a] for a in others) for r in rows}
+        taus = []
+        for key in keys:
+            group = [r for r in rows if tuple(r[a] for a in others) == key]
+            if len({r[axis] for r in group}) >= 2:
+                mu, g = [r["mu"] for r in group], [r["g"] for r in group]
+                taus.append(brute_force_tau(mu, g))
+                if len(group) > 2:
+                    assert taus[-1] == pytest.approx(kendalltau(mu, g).statistic, abs=1e-12)
+        expected[axis] = (np.mean(taus), len(taus))
+    for a in axes:
+        assert out["per_axis"][a] == pytest.approx(expected[a][0], abs=1e-12) and out["groups"][a] == expected[a][1]
+    assert out["groups"] == {"method": 6, "rank": 8, "seed": 6}  # the missing row removes one rank group
+    assert out["psi"] == pytest.approx(np.mean([v[0] for v in expected.values()]))
+
+
+def test_bootstrap_resamples_whole_seeds():
+    """Against the procedure written out with the brute-force tau: 1000 draws of 3 seeds with replacement
+    (random.Random(0)), every row of a drawn seed kept, the 2.5% and 97.5% quantiles. Seeds disagree here, so
+    the interval is wide, and a row-level bootstrap or a (tau, tau) stub would not match."""
+    rng = np.random.default_rng(3)
+    rows = [{"seed": s, "mu": float(rng.normal()), "g": i + float(rng.normal()) * (1 + s)}
+            for s in range(3) for i in range(6)]
+    lo, hi = bootstrap_tau(rows, "mu", "g")
+    draw = random.Random(0)
+    taus = []
+    for _ in range(1000):
+        sample = [r for s in draw.choices([0, 1, 2], k=3) for r in rows if r["seed"] == s]
+        taus.append(brute_force_tau([r["mu"] for r in sample], [r["g"] for r in sample]))
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(taus, [0.025, 0.975])), abs=1e-12)
+    assert hi - lo > 0.2
 
 
 def test_bootstrap_interval_contains_tau_for_consistent_seeds():
@@ -102,6 +148,11 @@ def test_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
         assert (report / f).is_file(), f
     result = json.loads((report / "results.json").read_text())
     assert len(result["rows"]) == 8 and "compression_bound|gap_01" in result["ranking"]
+    for t in result["ranking"].values():  # every tau of the report, by brute force over its rows
+        pts = [r for r in result["rows"] if r[t["measure"]] is not None]
+        assert t["n"] == len(pts) >= 6
+        assert t["tau"] == pytest.approx(brute_force_tau([r[t["measure"]] for r in pts],
+                                                         [r[t["gap"]] for r in pts]), abs=1e-12)
     from genbound.cli import landscapes_of
 
     assert sorted(landscapes_of(result["rows"])) == ["c3la-r2-s0", "cla-r2-s0", "head-s0", "lora-r2-s0"]

@@ -43,14 +43,13 @@ from torch import nn
 from ..build import Built
 from ..checkpoint import Loaded
 from ..errors import GenboundError
-from ..layers import adapter_layers
+from ..layers import adapter_layers, is_link_tensor
 from ..methods import generator
 from ..train import batch_of
 
 PARAM_SETS = ("trainable", "adapters", "all", "dw")
 HVP_MODES = ("auto", "forward-over-reverse", "double-backward")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-LINK_TENSORS = ("lora_A", "lora_B", "columns")
 
 
 # ---- which parameters ----------------------------------------------------------------------------------
@@ -69,8 +68,8 @@ def select_params(model: nn.Module, built: Built | None, which: str) -> dict[str
         raise GenboundError(f"--params must be one of {', '.join(PARAM_SETS)}; got {which!r}")
     named = dict(model.named_parameters())
     layers = adapter_layers(model)
-    links = {f"{name}.{leaf}" for name, layer in layers.items() for leaf in LINK_TENSORS
-             if leaf in layer._parameters and (leaf != "lora_A" or layer.method.train_a)}
+    links = {f"{name}.{leaf}" for name, layer in layers.items() for leaf in layer._parameters
+             if is_link_tensor(leaf, layer.method)}
     if which == "trainable":
         keep = {n for n, p in named.items() if p.requires_grad}
     elif which == "adapters":
@@ -80,7 +79,6 @@ def select_params(model: nn.Module, built: Built | None, which: str) -> dict[str
     else:
         keep = {f"{name}.weight" for name in layers}
         keep |= {n for n, p in named.items() if p.requires_grad and n not in links}
-        keep -= {n for n in named if n.rpartition(".")[2] in LINK_TENSORS}
         if not layers:
             keep = set()
     out = {n: p for n, p in named.items() if n in keep and p.is_floating_point()}
@@ -244,6 +242,8 @@ class HessianOperator:
             try:
                 total = sum(self._forward_over_reverse(tangents, b, V.shape[0]) if mode == "forward-over-reverse"
                             else self._double_backward(tangents, i, V.shape[0]) for i, b in enumerate(self.batches))
+            except torch.OutOfMemoryError:
+                raise  # too large a --probe-batch: say so, not a silent switch to double backward
             except (NotImplementedError, RuntimeError) as err:
                 if self.hvp != "auto" or mode != "forward-over-reverse":
                     raise
