@@ -230,6 +230,7 @@ def render_spectrum(r: dict) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    from .report import write_comparison
     from .study import compare, fill_missing
 
     fill_missing(args.dirs, [a for a in args.analyses if a != "none"], args.device,
@@ -237,52 +238,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     write_comparison(compare(args.dirs), Path(args.out), args.title or Path(args.out).name)
 
 
-def landscapes_of(rows: list[dict]) -> dict[str, dict]:
-    """One landscape per method for the side-by-side figure: its lowest seed and rank; only when all of them
-    are slices of one kind (all 2-D or all 1-D), as the figure draws them on one scale."""
-    chosen: dict[str, dict] = {}
-    for r in sorted(rows, key=lambda r: (r["seed"], r["rank"])):
-        path = Path(r["checkpoint"]) / "analysis" / "landscape.json"
-        if r["method"] not in chosen and path.is_file():
-            chosen[r["method"]] = {"name": Path(r["checkpoint"]).name, **json.loads(path.read_text())}
-    if len({c["one_d"] for c in chosen.values()}) != 1:
-        return {}
-    return {c.pop("name"): c for c in chosen.values()}
-
-
-def write_comparison(result: dict, out: Path, title: str) -> None:
-    """The report folder: README.md, results.json and the figures."""
-    from . import plots
-    from .checkpoint import atomic_write_text
-    from .study import finite_json, render_report
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps(finite_json(result), indent=1, allow_nan=False))
-    plots.save(plots.method_figure(result), str(out / "methods.png"))
-    for gap in ("gap_01", "gap_ce"):
-        fig = plots.measure_scatter_figure(result, gap)
-        if fig is not None:
-            plots.save(fig, str(out / f"measures-{gap}.png"))
-    spectra = {}
-    for r in result["rows"]:
-        path = Path(r["checkpoint"]) / "analysis" / "spectrum.json"
-        if path.is_file() and r["seed"] == min(x["seed"] for x in result["rows"]):
-            data = json.loads(path.read_text())
-            if "intruders" in data:
-                spectra[Path(r["checkpoint"]).name] = data
-    if spectra:
-        plots.save(plots.intruder_figure(spectra), str(out / "intruders.png"))
-    landscapes = landscapes_of(result["rows"])
-    if landscapes:
-        plots.save(plots.landscape_figure(landscapes, columns=4), str(out / "landscapes.png"))
-    text = render_report(result, title)
-    figures = [p.name for p in sorted(out.glob("*.png"))]
-    text += "\n## Figures\n\n" + "\n".join(f"![{f}]({f})" for f in figures) + "\n"
-    atomic_write_text(out / "README.md", text)
-    print(f"wrote {out}/README.md, results.json and {len(figures)} figures ({len(result['rows'])} checkpoints)")
-
-
 def cmd_study(args: argparse.Namespace) -> None:
+    from .report import write_comparison
     from .study import compare, load_study, run_study
 
     study = load_study(args.study)

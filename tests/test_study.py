@@ -13,7 +13,8 @@ from scipy.stats import kendalltau
 from genbound.cli import main
 from genbound.compare import bootstrap_tau, granulated_psi, kendall_tau
 from genbound.errors import GenboundError
-from genbound.study import compare, grid, load_study, render_report, run_study
+from genbound.report import render_report
+from genbound.study import compare, grid, load_study, run_study
 
 
 def brute_force_tau(mu, gap):
@@ -153,7 +154,7 @@ def test_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
         assert t["n"] == len(pts) >= 6
         assert t["tau"] == pytest.approx(brute_force_tau([r[t["measure"]] for r in pts],
                                                          [r[t["gap"]] for r in pts]), abs=1e-12)
-    from genbound.cli import landscapes_of
+    from genbound.report import landscapes_of
 
     assert sorted(landscapes_of(result["rows"])) == ["c3la-r2-s0", "cla-r2-s0", "head-s0", "lora-r2-s0"]
     text = (report / "README.md").read_text()
