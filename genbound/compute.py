@@ -58,6 +58,13 @@ def losses(logits: torch.Tensor, y: torch.Tensor, smoothing: float | None, clip:
             "ce_bounded": bounded.mean().item()}
 
 
+def majority_error(y_train: torch.Tensor, y_test: torch.Tensor) -> float:
+    """Test error of always predicting the most frequent training class: a bound on the test error above this
+    says less than the trivial classifier does (vacuous)."""
+    majority = int(torch.bincount(y_train).argmax())
+    return float((y_test != majority).double().mean())
+
+
 # ---- Theorem 1 inputs (section 4) ------------------------------------------------------------------------
 def _linear_names(built: Built) -> list[str]:
     """The composition's matrices in order: the adapted (or, for full/head, the default target) matrices,
@@ -183,6 +190,7 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
         "train_err": m["train"]["err"], "test_err": m["test"]["err"],
         "gap_ce": m["test"]["ce"] - m["train"]["ce"], "gap_01": m["test"]["err"] - m["train"]["err"],
         "gap_ce_bounded": m["test"]["ce_bounded"] - m["train"]["ce_bounded"],
+        "majority_err": majority_error(ys["train"], ys["test"]),
         "matches_manifest": agrees, "options": asdict(opts),
     }
     out.update(theorem1(loaded, init, C, c_source, opts))

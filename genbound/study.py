@@ -301,6 +301,7 @@ def row_of(ckpt: Path) -> dict:
                "peak_gpu_memory_bytes")}
     analyses = {n: json.loads((ckpt / "analysis" / f"{n}.json").read_text())
                 for n in ANALYSES if (ckpt / "analysis" / f"{n}.json").is_file()}
+    row["majority_err"] = analyses.get("compute", {}).get("majority_err")
     for name, (source, get, _) in MEASURES.items():
         try:
             row[name] = get(analyses[source]) if source in analyses else None
