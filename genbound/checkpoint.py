@@ -1,61 +1,54 @@
-"""The checkpoint directory (DESIGN.md): genbound.json + adapter.safetensors + trajectory/ + metrics.jsonl.
+"""The checkpoint directory: genbound.json + adapter.safetensors + trajectory/ + metrics.jsonl.
 
-Every file is written atomically (temp file in the same folder, then rename), the manifest last, so an
-interrupted write leaves the previous good state. A checkpoint never copies the base model; ``load``
-rebuilds it from the manifest's reference and refuses a base whose sha256 differs.
+Every file is written atomically (files.py), the manifest last, so an interrupted write leaves the previous
+good state. The manifest records the sha256 of every weight file and a fingerprint of both data splits. A
+checkpoint never copies the base model; ``load`` rebuilds it from the manifest's reference and refuses,
+in one line, a base whose sha256 differs, a weight file whose sha256 differs, data whose fingerprint
+differs (unless other data is asked for explicitly), and a manifest that lacks a key or has a wrong type.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import __version__
 from .build import Built, adapter_state, assign_state, build
 from .data import Task, load_task
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, GenboundError, NonFinite, TrainingError
+from .files import (append_jsonl, atomic_save_tensors, atomic_torch_save, atomic_write_text, check_folder_writable,
+                    json_text, sha256_file)
+
+__all__ = ["append_jsonl", "atomic_save_tensors", "atomic_torch_save", "atomic_write_text", "load", "read_manifest",
+           "save", "Loaded"]
 
 MANIFEST, ADAPTER, METRICS, TRAJECTORY = "genbound.json", "adapter.safetensors", "metrics.jsonl", "trajectory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sha256 of every weight file ("files") and the splits' fingerprints (task.fingerprint)
 
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+NUMBER = (int, float)
+# every manifest key genbound reads, with its type: a manifest without one of them, or with another type, is
+# refused in one line when read (a hand edit or a damaged file), never met later as a KeyError
+SCHEMA: dict[str, tuple] = {
+    "format_version": (int,), "seed": (int,), "created": (str,),
+    "base": (dict,), "base.kind": (str,), "base.sha256": (str,), "base.head": (list,),
+    "task": (dict,), "task.name": (str,), "task.kind": (str,), "task.num_classes": (int,),
+    "method": (dict,), "method.name": (str,), "method.scope": (str,), "method.rank": (int,),
+    "method.alpha": NUMBER, "method.chain_k": (int,), "method.targets": (list,),
+    "matrices": (list,), "params": (dict,), "params.paper": (int,), "params.full": (int,),
+    "config": (dict,), "config.data": (str,), "config.model": (str,), "config.seed": (int,),
+    "config.n_train": (int, type(None)), "config.n_test": (int, type(None)), "config.targets": (list, type(None)),
+    "metrics": (dict,), "metrics.train_loss": NUMBER, "metrics.train_acc": NUMBER, "metrics.test_loss": NUMBER,
+    "metrics.test_acc": NUMBER, "timing": (dict,), "timing.train_seconds": NUMBER,
+}
+SCHEMA_V2: dict[str, tuple] = {"files": (dict,), "files." + ADAPTER: (str,), "task.fingerprint": (dict,),
+                               "task.fingerprint.train": (str,), "task.fingerprint.test": (str,)}
 
 
 def read_text(path: Path) -> str:
@@ -66,7 +59,9 @@ def read_text(path: Path) -> str:
 
 
 def check_fresh(out: Path) -> None:
-    """Refuse to train into a folder that holds a checkpoint, an interrupted run, or anything else."""
+    """Refuse to train into a folder that holds a checkpoint, an interrupted run, or anything else, or that
+    cannot be written."""
+    check_folder_writable(out, "--out")
     if (out / MANIFEST).exists():
         raise TrainingError(f"{out} already holds a checkpoint; choose another --out (nothing was changed)")
     if (out / "resume" / "state.pt").exists():
@@ -80,16 +75,54 @@ def save_snapshot(out: Path, step: int, link: int, tensors: dict[str, torch.Tens
                         {"step": str(step), "link": str(link)})
 
 
+def weight_files(out: Path) -> dict[str, str]:
+    """sha256 of every weight file of a checkpoint folder (adapter + trajectory snapshots), by relative path."""
+    paths = [out / ADAPTER, *sorted((out / TRAJECTORY).glob("*.safetensors"))]
+    return {p.relative_to(out).as_posix(): sha256_file(p) for p in paths if p.is_file()}
+
+
+def verify_file(ckpt: Path, manifest: dict, name: str) -> None:
+    """Refuse a weight file whose sha256 differs from the manifest's record (format 2 and later)."""
+    files = manifest.get("files")
+    if files is None:
+        return
+    path = ckpt / name
+    if name not in files:
+        raise CheckpointError(f"{path}: the manifest records no sha256 for it (a file added after training)")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    if sha256_file(path) != files[name]:
+        raise CheckpointError(f"{path} was changed or damaged after training (its sha256 differs from the one "
+                              "the manifest records); nothing was computed")
+
+
+def verify_files(ckpt: Path, manifest: dict) -> None:
+    """Every weight file the manifest records is there with the same sha256."""
+    for name in (manifest.get("files") or {}):
+        verify_file(ckpt, manifest, name)
+
+
+def finite_metrics(metrics: dict) -> None:
+    """Refuse to save a model whose final loss or accuracy is not a finite number."""
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise NonFinite(f"the final model's {', '.join(f'{k} is {v}' for k, v in bad.items())}: its logits "
+                        "overflow (try a lower --lr)")
+
+
 def save(out: Path, *, cfg: dict, built: Built, task: Task, ref: dict, metrics: dict, timing: dict,
          counts: dict) -> dict:
-    """Write adapter.safetensors, then the manifest (last: its presence marks a finished checkpoint)."""
+    """Write adapter.safetensors, then the manifest (last: its presence marks a finished checkpoint) with the
+    sha256 of every weight file and the fingerprints of the task's splits."""
+    finite_metrics(metrics)
     atomic_save_tensors(adapter_state(built.model), out / ADAPTER)
     layers = built.layers
     manifest = {
         "format": "genbound-checkpoint", "format_version": FORMAT_VERSION, "genbound_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "base": {**ref, "sha256": built.backbone.sha256, "head": built.backbone.head},
-        "task": {"name": task.name, "kind": task.kind, "num_classes": task.num_classes, **task.info},
+        "task": {"name": task.name, "kind": task.kind, "num_classes": task.num_classes, **task.info,
+                 "fingerprint": task.fingerprint()},
         "seed": cfg["seed"],
         "method": {"name": built.method.name, "title": built.method.title, "scope": built.method.scope,
                    "rank": built.rank, "alpha": built.alpha, "chain_k": built.chain,
@@ -98,9 +131,9 @@ def save(out: Path, *, cfg: dict, built: Built, task: Task, ref: dict, metrics: 
                    "selectors": "stored in adapter.safetensors as <target>.idx / .frozen_idx"},
         "matrices": [{"name": n, "n": la.out_features, "m": la.in_features} for n, la in layers.items()],
         "dtype": str(next(built.model.parameters()).dtype).replace("torch.", ""),
-        "params": counts, "config": cfg, "metrics": metrics, "timing": timing,
+        "params": counts, "config": cfg, "metrics": metrics, "timing": timing, "files": weight_files(out),
     }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    atomic_write_text(out / MANIFEST, json_text(manifest))
     return manifest
 
 
@@ -112,23 +145,62 @@ def read_manifest(ckpt: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from None
-    if manifest.get("format") != "genbound-checkpoint":
+    if not isinstance(manifest, dict) or manifest.get("format") != "genbound-checkpoint":
         raise CheckpointError(f"{path} is not a genbound manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format version {manifest['format_version']}; this genbound reads <= {FORMAT_VERSION}")
+    version = manifest.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {version}; this genbound reads <= {FORMAT_VERSION}")
+    check_schema(manifest, SCHEMA if version == 1 else {**SCHEMA, **SCHEMA_V2}, path)
     return manifest
+
+
+def check_schema(obj: dict, schema: dict[str, tuple], where: Path | str) -> None:
+    """Every dotted key of ``schema`` is present in ``obj`` with one of its types (bool is not an int here)."""
+    for key, types in schema.items():
+        value, parts = obj, key.split(".")
+        for i, part in enumerate(parts):
+            # a key may hold dots itself (a file name): try the rest of the path as one key first
+            rest = ".".join(parts[i:])
+            if isinstance(value, dict) and rest in value:
+                value = value[rest]
+                break
+            if not isinstance(value, dict) or part not in value:
+                raise CheckpointError(f"{where}: the manifest lacks {key!r} (edited or damaged; genbound writes it)")
+            value = value[part]
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise CheckpointError(f"{where}: {key!r} is {json.dumps(value)[:40]}, not {names} (edited or damaged)")
+
+
+def unverified_note(manifest: dict) -> str | None:
+    """A line for checkpoints written before weights and data were recorded (format 1), else None."""
+    if manifest.get("files") is None:
+        return ("written by an older genbound (format 1): its weight files and data carry no checksums, so they "
+                "cannot be verified")
+    return None
 
 
 @dataclass
 class Loaded:
+    """A checkpoint rebuilt for analysis: the fine-tuned model (eval mode) on ``device``, its manifest and task.
+
+    ``data`` says what the task is: the checkpoint's own data, verified against its fingerprints, or other
+    data the user asked for explicitly (``other_data`` True: the gap is then not the model's generalization gap
+    on its own training split)."""
+
     model: torch.nn.Module
     manifest: dict
     task: Task
     built: Built
     device: torch.device
     base: str | None = None
+    path: Path | None = None
+    data: dict = field(default_factory=dict)
     _initial: Built | None = field(default=None, repr=False)
+
+    @property
+    def other_data(self) -> bool:
+        return bool(self.data.get("other_data"))
 
     def initial(self) -> Built:
         """The same model before fine-tuning (fresh head and links from the seed), built once, eval mode."""
@@ -140,34 +212,78 @@ class Loaded:
 
 def build_from_manifest(man: dict, task: Task, base: str | None = None) -> Built:
     """The model of a manifest as it was at step 0 (fresh head and links from the seed), base checked."""
-    from .models import resolve_ref
+    from .models import BaseMissing, resolve_ref
 
     cfg, meth = man["config"], man["method"]
     ref = {k: v for k, v in man["base"].items() if k not in ("sha256", "head")}
     if base is not None:
         ref = {**{k: v for k, v in ref.items() if k not in ("kind", "name", "path")}, **resolve_ref(base)}
-    built = build(ref, task, meth["name"], meth["rank"], meth["alpha"], meth["chain_k"], man["seed"],
-                  cfg["targets"])
+    try:
+        built = build(ref, task, meth["name"], meth["rank"], meth["alpha"], meth["chain_k"], man["seed"],
+                      cfg["targets"])
+    except BaseMissing as err:
+        hint = "" if base is not None else "; pass --base DIR where it is now (its sha256 must match)"
+        raise CheckpointError(f"{err}{hint}") from None
     if built.backbone.sha256 != man["base"]["sha256"]:
         raise CheckpointError(f"the checkpoint was trained on a different base model (sha256 "
                               f"{man['base']['sha256'][:12]}..., this base has {built.backbone.sha256[:12]}...)")
     return built
 
 
-def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None = None) -> Loaded:
-    """Rebuild the fine-tuned model of a checkpoint (eval mode, on ``device``) with its task's data.
-
-    ``base`` points at the base model when it has moved (its sha256 must still match)."""
-    ckpt = Path(ckpt)
-    man = read_manifest(ckpt)
+def checked_task(man: dict, where: Path) -> Task:
+    """The checkpoint's task as its manifest describes it, refused when the data no longer give the splits it
+    was trained and tested on (format 2 records both splits' fingerprints)."""
     cfg = man["config"]
     task = load_task(cfg["data"], seed=cfg["seed"], n_train=cfg["n_train"], n_test=cfg["n_test"])
+    recorded = man["task"].get("fingerprint")
+    if recorded is not None:
+        now = task.fingerprint()
+        changed = [s for s in ("train", "test") if now[s] != recorded[s]]
+        if changed:
+            sizes = ", ".join(f"{s} split {len(getattr(task, s))} examples now, {man['task'].get('n_' + s)} "
+                              "recorded" for s in changed)
+            raise CheckpointError(f"{where}: the data {cfg['data']} changed since training ({sizes}; examples or "
+                                  f"labels differ); pass --data {cfg['data']} to evaluate on it as it is now")
+    return task
+
+
+def other_task(man: dict, data: str) -> Task:
+    """Task ``data`` (split with the checkpoint's seed, its default sizes) for evaluating on other data on
+    purpose; it must have the checkpoint's number of classes."""
+    task = load_task(data, seed=man["config"]["seed"])
+    if task.num_classes != man["task"]["num_classes"]:
+        raise GenboundError(f"--data {data} has {task.num_classes} classes; the checkpoint's head has "
+                            f"{man['task']['num_classes']}")
+    return task
+
+
+def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None = None,
+         data: str | None = None) -> Loaded:
+    """Rebuild the fine-tuned model of a checkpoint (eval mode, on ``device``) with its task's data.
+
+    Verifies adapter.safetensors against the manifest's sha256 and the data against its fingerprints.
+    ``base`` points at the base model when it has moved (its sha256 must still match); ``data`` evaluates on
+    another task on purpose (recorded in ``Loaded.data``)."""
+    ckpt = Path(ckpt)
+    man = read_manifest(ckpt)
+    verify_file(ckpt, man, ADAPTER)
+    if data is None:
+        task = checked_task(man, ckpt)
+        info = {"name": man["config"]["data"], "other_data": False,
+                "verified": man["task"].get("fingerprint") is not None}
+    else:
+        task = other_task(man, data)
+        same = task.fingerprint() == man["task"].get("fingerprint")
+        info = {"name": data, "other_data": not same, "verified": same, "trained_on": man["config"]["data"]}
     built = build_from_manifest(man, task, base)
     try:
         tensors = load_file(str(ckpt / ADAPTER))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{ckpt / ADAPTER} is missing or corrupt ({str(err).splitlines()[0]})") from None
     assign_state(built.model, tensors, str(ckpt / ADAPTER))
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{ckpt / ADAPTER}: tensor {name} holds inf or nan values")
     dev = torch.device(device)
     built.model.to(dev).eval()
-    return Loaded(built.model, man, task, built, dev, base)
+    return Loaded(built.model, man, task, built, dev, base, ckpt, info)

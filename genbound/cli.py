@@ -1,13 +1,13 @@
 """The command line: subcommands as a table, options from typed dataclasses. Parsing only; no logic.
 
-A GenboundError (a user mistake) prints one line and exits 2; Ctrl-C exits 130.
+A GenboundError (a user mistake) prints one line and exits 2, as does an unwritable output (checked before any
+work starts); Ctrl-C exits 130. With ``--json -`` the JSON alone goes to stdout and the table to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import types
@@ -17,17 +17,22 @@ from collections.abc import Callable
 
 from .errors import GenboundError
 
+DESCRIPTION = ("Train LoRA-family adapters and measure how each generalizes: the measured gap, the paper's bound, "
+               "Theorem 1's terms, a compression bound, update spectra, Hessian spectra and loss landscapes.")
+EPILOG = "Run 'genbound COMMAND --help' for the options of one command."
+_stdout = sys.stdout  # where --json - writes (the table goes to stderr then)
+
 TRAIN_HELP = {
     "model": "mlp | minilm | tiny-bert | DIR from `genbound pretrain` | HF model name or folder",
     "data": "wordnet | fashion-mnist | mnist-5k | digits | FILE.csv | FILE.jsonl",
     "method": "full head lora lora_plus asym cola rac cla rcla c3la rc3la paca",
     "rank": "adapter rank r", "alpha": "scaling s = alpha / r", "chain": "chain links k (cola, rac, c3la, rc3la)",
     "steps": "optimizer steps (overrides --epochs)", "epochs": "passes over the training split",
-    "lr_ratio": "lr_B / lr_A (default: 16 for lora_plus, 1 otherwise)",
+    "lr_ratio": "lr_B / lr_A (default: the method's, 16 for lora_plus, 1 otherwise)",
     "warmup": "warm-up fraction of the steps", "clip": "gradient-norm clipping (0 = off)",
-    "eval_every": "steps between evaluations (0 = ~10 per run)",
+    "eval_every": "steps between evaluations (0 = about 10 per run)",
     "eval_samples": "test examples used by periodic evaluations",
-    "snapshot_every": "steps between trajectory snapshots (0 = ~20 per run)",
+    "snapshot_every": "steps between trajectory snapshots (0 = about 20 per run)",
     "save_every": "steps between resume states (0 = at each evaluation)",
     "targets": "regexes over module names to adapt (default: query/value of each layer; every hidden Linear of an MLP)",
     "n_train": "training examples (default: the task's)", "n_test": "test examples (default: the task's)",
@@ -85,26 +90,33 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from .checkpoint import read_manifest
+    from .checkpoint import read_manifest, unverified_note, verify_files
 
     man = read_manifest(args.ckpt)
+    verify_files(Path(args.ckpt), man)
     print_metrics(man)
+    note = unverified_note(man)
+    print(f"  note: {note}" if note else f"  weight files: {len(man['files'])}, sha256 as recorded")
     write_json(args.json, man)
 
 
 def write_json(path: str | None, obj: dict) -> None:
-    """--json FILE: the command's result as JSON ('-' = stdout); the manifest carries format_version."""
-    if path == "-":
-        print(json.dumps(obj, indent=1))
-    elif path:
-        from .checkpoint import atomic_write_text
+    """--json FILE: the command's result as JSON ('-' = stdout), never holding inf or nan (null instead)."""
+    from .files import json_text, write_json as write_file
 
-        atomic_write_text(Path(path), json.dumps(obj, indent=1))
+    if path == "-":
+        _stdout.write(json_text(obj) + "\n")
+        _stdout.flush()
+    elif path:
+        write_file(Path(path), obj)
 
 
 def print_metrics(man: dict) -> None:
     m, meth, p = man["metrics"], man["method"], man["params"]
-    print(f"{meth['name']:<9} r={meth['rank']} k={meth['chain_k']} params paper={p['paper']} full={p['full']}  "
+    label = meth["name"]
+    if meth["scope"] == "adapter":
+        label += f" r={meth['rank']}" + (f" k={meth['chain_k']}" if meth["chain_k"] > 1 else "")
+    print(f"{label:<14} params paper={p['paper']:,} full={p['full']:,}  "
           f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | test loss {m['test_loss']:.4f} "
           f"acc {m['test_acc']:.4f} | {man['timing']['train_seconds']:.1f}s")
 
@@ -119,6 +131,8 @@ COMPUTE_HELP = {
     "hyper_settings": "training configurations tried (log2 is charged to the code)",
     "seed_bits": "bits charged for the run seed", "base_gap": "also measure the gap before fine-tuning",
     "batch_size": "evaluation batch size",
+    "qat_steps": "quantization-aware fine-tune steps per (scheme, bits) tried (0 = quantize as trained)",
+    "qat_lr": "learning rate of the quantization-aware fine-tune",
 }
 
 
@@ -127,30 +141,50 @@ def _sigma(text: str) -> float | None:
 
 
 def cmd_compute(args: argparse.Namespace) -> None:
-    from .checkpoint import load
     from .compute import ComputeOptions, compute, render
-    from .train import pick_device
 
-    ckpt = resolve_ckpt(args.ckpt, args)
-    loaded = load(ckpt, device=pick_device(args.device), base=args.base)
-    result = compute(loaded, config_from(args, ComputeOptions))
+    opts = config_from(args, ComputeOptions)
+    loaded = load_for_analysis(args.ckpt, args)
+    result = compute(loaded, opts)
     print(render(result))
     write_json(args.json, result)
 
 
-def resolve_ckpt(ckpt: str, args: argparse.Namespace) -> str:
-    """A genbound checkpoint as given, or a PEFT adapter folder imported into DIR/genbound (needs --data)."""
+def load_for_analysis(ckpt: str, args: argparse.Namespace):
+    """The checkpoint (or PEFT folder, imported) loaded for an analysis, with --base and --data applied."""
+    from .checkpoint import load
+    from .train import pick_device
+
+    path, is_peft = resolve_ckpt(ckpt, args)
+    return load(path, device=pick_device(args.device), base=args.base, data=None if is_peft else args.data)
+
+
+def resolve_ckpt(ckpt: str, args: argparse.Namespace) -> tuple[str, bool]:
+    """(checkpoint folder, whether it came from a PEFT folder). A PEFT adapter folder is imported once per
+    setting (method, data, split seed, base, and the adapter's own bytes) into DIR/genbound/<setting>; a genbound
+    checkpoint takes no --method, --model or --peft-seed (those say what a PEFT folder cannot)."""
     folder = Path(ckpt)
     if (folder / "genbound.json").is_file() or not (folder / "adapter_config.json").is_file():
-        return ckpt
-    from .peft_io import import_peft
+        given = [flag for flag, value in (("--method", args.method), ("--model", args.model),
+                                          (args.peft_seed_flag, args.peft_seed)) if value is not None]
+        if given and (folder / "genbound.json").is_file():
+            raise GenboundError(f"{folder} is a genbound checkpoint: {', '.join(given)} apply to PEFT adapter folders "
+                                "only (its manifest says them; --base moves the base, --data evaluates other data)")
+        return ckpt, False
+    from .peft_io import import_key, import_peft, imports_of
 
-    target = folder / "genbound"
+    method, seed = args.method or "lora", args.peft_seed or 0
+    if not args.data:  # the one earlier import of this adapter (as it is now) that fits what was given
+        fits = [d for d in imports_of(folder) if (args.method is None or d["method"] == args.method)
+                and (args.peft_seed is None or d["seed"] == args.peft_seed)]
+        if len(fits) == 1:
+            return fits[0]["path"], True
+        raise GenboundError(f"{folder} is a PEFT adapter folder: give --data (and --method) to evaluate it"
+                            + (f" ({len(fits)} earlier imports fit)" if fits else ""))
+    target = folder / "genbound" / import_key(folder, method=method, data=args.data, seed=seed, model=args.model)
     if not (target / "genbound.json").is_file():
-        if not args.data:
-            raise GenboundError(f"{folder} is a PEFT adapter folder: give --data (and --method) to evaluate it")
-        import_peft(folder, target, method=args.method, data=args.data, seed=args.peft_seed, model=args.model)
-    return str(target)
+        import_peft(folder, target, method=method, data=args.data, seed=seed, model=args.model)
+    return str(target), True
 
 
 def analysis_options(p: argparse.ArgumentParser, multiple: bool = False) -> None:
@@ -160,12 +194,15 @@ def analysis_options(p: argparse.ArgumentParser, multiple: bool = False) -> None
                        help="checkpoint directory or PEFT adapter folder (with --data); repeat for several")
     else:
         p.add_argument("--ckpt", required=True, help="checkpoint directory (or a PEFT adapter folder with --data)")
-    p.add_argument("--method", default="lora", help="PEFT folders: what PEFT cannot record (lora_plus, asym)")
-    p.add_argument("--data", help="PEFT folders: the task to evaluate on")
-    p.add_argument("--model", help="PEFT folders: the base model (default: the adapter's)")
+    p.add_argument("--data", help="PEFT folders: the task to evaluate on; checkpoints: evaluate on other data on "
+                                  "purpose (the output says so; by default the data must be what it was trained on)")
+    p.add_argument("--method", help="PEFT folders: what PEFT cannot record, e.g. lora_plus or asym (default lora)")
+    p.add_argument("--model", help="PEFT folders: the base model (default: the adapter's base_model_name_or_path)")
     # the analyses' own --seed is theirs; the split seed of a PEFT folder is --peft-seed there
-    p.add_argument("--peft-seed" if multiple else "--seed", dest="peft_seed", type=int, default=0,
-                   help="PEFT folders: the split seed")
+    seed_flag = "--peft-seed" if multiple else "--seed"
+    p.add_argument(seed_flag, dest="peft_seed", type=int, help="PEFT folders: the seed of the train/test split "
+                                                               "(default 0)")
+    p.set_defaults(peft_seed_flag=seed_flag)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--base", help="where the base model is now, when it has moved (its sha256 must match)")
 
@@ -189,17 +226,20 @@ def cmd_spectrum(args: argparse.Namespace) -> None:
 def analyse_each(args: argparse.Namespace, analysis: Callable, render: Callable[[dict], str]) -> dict[str, dict]:
     """Run ``analysis(loaded, path)`` on every --ckpt; results keyed by a label (folder, with the method when
     the folder name does not say it), each printed with ``render``."""
-    from .checkpoint import load
-    from .train import pick_device
-
     results = {}
-    for path in (resolve_ckpt(c, args) for c in args.ckpt):
-        loaded = load(path, device=pick_device(args.device), base=args.base)
+    for ckpt in args.ckpt:
+        loaded = load_for_analysis(ckpt, args)
+        path = str(loaded.path)
         try:
             r = analysis(loaded, path)
         except GenboundError as err:
             raise GenboundError(f"{path}: {err}") from None
-        r["checkpoint"] = str(path)
+        r["checkpoint"] = path
+        if loaded.other_data or args.data:
+            r["data"] = loaded.data
+        if loaded.other_data:
+            print(f"OTHER DATA: {path} evaluated on {loaded.data['name']}, not on the data it was trained on "
+                  f"({loaded.data['trained_on']})")
         folder, method = Path(path).name, r["method"]
         results[folder if method in folder else f"{method} ({folder})"] = r
         print(render(r))
@@ -242,7 +282,12 @@ def cmd_study(args: argparse.Namespace) -> None:
     from .report import write_comparison
     from .study import compare, load_study, run_study
 
+    from .files import check_folder_writable
+
     study = load_study(args.study)
+    if args.report:
+        study.report = args.report
+    check_folder_writable(study.runs, f"{args.study}: runs folder")
     shard = None
     if args.shard:
         try:
@@ -250,7 +295,7 @@ def cmd_study(args: argparse.Namespace) -> None:
         except ValueError:
             raise GenboundError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}") from None
         shard = (i, n)
-    runs = run_study(study, device=args.device, progress=not args.quiet, shard=shard)
+    runs = run_study(study, device=args.device, progress=not args.quiet, shard=shard, source=args.study)
     if shard is None:
         write_comparison(compare(runs), Path(study.report), study.name)
     else:
@@ -325,23 +370,59 @@ def cmd_import_peft(args: argparse.Namespace) -> None:
     print(f"wrote genbound checkpoint {args.out}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown once: not where the help text already says it, nor for unset (None) or off flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        return super()._get_help_string(action)
+
+
+# outputs each command writes, checked before any work starts: (attribute, flag, "folder" | "file" | "prefix")
+OUTPUTS = {
+    "train": [("out", "--out", "folder")], "pretrain": [("out", "--out", "folder")],
+    "compare": [("out", "--out", "folder")], "export-peft": [("out", "--out", "folder")],
+    "import-peft": [("out", "--out", "folder")], "landscape": [("out", "--out", "prefix")],
+    "spectrum": [("plot", "--plot", "file")], "hessian": [("plot", "--plot", "file")],
+    "study": [("report", "--report", "folder")],
+}
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output location of the command can be written, before anything is computed."""
+    from .files import check_file_writable, check_folder_writable
+
+    for attr, flag, kind in [*OUTPUTS.get(args.command, []), ("json", "--json", "file")]:
+        value = getattr(args, attr, None)
+        if not value or value == "-":
+            continue
+        if kind == "folder":
+            check_folder_writable(value, flag)
+        else:
+            check_file_writable(value + ".png" if kind == "prefix" else value, flag)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .compute import ComputeOptions
     from .hessian import HessianOptions
     from .landscape import LandscapeOptions
     from .train import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="genbound", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="genbound", description=DESCRIPTION, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]] = [
         ("train", "fine-tune a model with one method into a checkpoint directory", cmd_train,
          lambda p: (add_dataclass_options(p, TrainConfig, TRAIN_HELP),
-                    p.add_argument("--out", help="checkpoint directory"),
+                    p.add_argument("--out", metavar="DIR", help="checkpoint directory (new or empty)"),
                     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run"))),
         ("pretrain", "self-pretrain an MLP base (full training) into DIR", cmd_pretrain,
-         lambda p: (add_dataclass_options(p, TrainConfig, TRAIN_HELP), p.add_argument("--out", required=True))),
-        ("info", "print a checkpoint's manifest summary", cmd_info,
-         lambda p: p.add_argument("--ckpt", required=True)),
+         lambda p: (add_dataclass_options(p, TrainConfig, TRAIN_HELP),
+                    p.add_argument("--out", metavar="DIR", required=True,
+                                   help="base folder to write (then used as --model DIR)"))),
+        ("info", "print a checkpoint's manifest summary and verify its weight files", cmd_info,
+         lambda p: p.add_argument("--ckpt", metavar="DIR", required=True, help="checkpoint directory")),
         ("compute", "generalization gap, the paper's bound, Theorem 1's terms and a compression bound", cmd_compute,
          lambda p: (analysis_options(p), add_dataclass_options(p, ComputeOptions, COMPUTE_HELP, {"sigma": _sigma}))),
         ("spectrum", "singular values of the learned updates and intruder dimensions", cmd_spectrum,
@@ -350,16 +431,18 @@ def build_parser() -> argparse.ArgumentParser:
                     p.add_argument("--top-k", type=int, default=10, help="intruders among the top-k vectors"),
                     p.add_argument("--plot", metavar="FILE.png", help="spectra plot (and FILE-intruders.png)"))),
         ("compare", "rank measures against the measured gap over checkpoints; write a report folder", cmd_compare,
-         lambda p: (p.add_argument("dirs", nargs="+", help="checkpoint directories"),
-                    p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME"),
+         lambda p: (p.add_argument("dirs", nargs="+", metavar="DIR", help="checkpoint directories"),
+                    p.add_argument("--out", metavar="DIR", required=True, help="report folder, e.g. reports/NAME"),
                     p.add_argument("--title", help="report title (default: the folder name)"),
                     p.add_argument("--analyses", nargs="+", default=["compute", "spectrum"], metavar="NAME",
                                    help="run these (default options) where their JSON is missing first: compute "
                                         "spectrum hessian landscape, or none (default: compute spectrum)"),
                     p.add_argument("--device", default="auto", help="auto | cpu | cuda (for --analyses)"))),
         ("study", "run a study file: train the grid, analyse every checkpoint, compare", cmd_study,
-         lambda p: (p.add_argument("study", help="analysis/NAME.toml"),
+         lambda p: (p.add_argument("study", metavar="FILE.toml", help="a study file, e.g. analysis/demo.toml"),
                     p.add_argument("--device", default="auto", help="auto | cpu | cuda"),
+                    p.add_argument("--report", metavar="DIR", help="write the report here (default: the file's "
+                                                                   "report, reports/NAME)"),
                     p.add_argument("--shard", metavar="I/N",
                                    help="train and analyse only share I of N (parallel processes); no report"))),
         ("hessian", "top eigenvalues, trace and spectral density of the training loss's Hessian", cmd_hessian,
@@ -369,35 +452,55 @@ def build_parser() -> argparse.ArgumentParser:
          lambda p: (analysis_options(p, multiple=True),
                     add_dataclass_options(p, LandscapeOptions, LANDSCAPE_HELP, flags={"one_d": "--1d"}),
                     p.add_argument("--surface", action="store_true", help="a 3-D surface view instead of contours"),
-                    p.add_argument("--out", default="landscape", help="PREFIX of PREFIX.png and PREFIX.npz"))),
+                    p.add_argument("--out", metavar="PREFIX", default="landscape",
+                                   help="writes PREFIX.png and PREFIX.npz (default: landscape)"))),
         ("export-peft", "write a LoRA-shaped checkpoint as a PEFT adapter folder", cmd_export_peft,
-         lambda p: (p.add_argument("--ckpt", required=True), p.add_argument("--out", required=True))),
+         lambda p: (p.add_argument("--ckpt", metavar="DIR", required=True, help="checkpoint directory"),
+                    p.add_argument("--out", metavar="DIR", required=True, help="PEFT adapter folder to write"))),
         ("import-peft", "turn a PEFT LoRA adapter folder into a genbound checkpoint", cmd_import_peft,
-         lambda p: (p.add_argument("--adapter", required=True), p.add_argument("--out", required=True),
+         lambda p: (p.add_argument("--adapter", metavar="DIR", required=True, help="PEFT adapter folder"),
+                    p.add_argument("--out", metavar="DIR", required=True, help="checkpoint directory to write"),
                     p.add_argument("--method", default="lora", help="what PEFT cannot record (lora_plus, asym, ...)"),
-                    p.add_argument("--data", required=True), p.add_argument("--seed", type=int, default=0),
+                    p.add_argument("--data", required=True, help="the task to evaluate the adapter on"),
+                    p.add_argument("--seed", type=int, default=0, help="seed of the task's train/test split"),
                     p.add_argument("--model", help="the base (default: the adapter's base_model_name_or_path)"))),
     ]
     for name, help_, func, add in commands:
-        p = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         add(p)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-' = stdout)")
+        p.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-' = stdout only the JSON)")
         p.set_defaults(func=func)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import contextlib
+
+    global _stdout
     parser = build_parser()
     args = parser.parse_args(argv)
+    _stdout = sys.stdout
+    # with --json -, stdout carries the JSON alone (for jq and friends): the table goes to stderr
+    table = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", None) == "-" else contextlib.nullcontext()
     try:
-        args.func(args)
+        with table:
+            check_outputs(args)
+            args.func(args)
     except GenboundError as err:
         print(f"genbound {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"genbound {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head or less and closed early
+        sys.stdout = open(os.devnull, "w")
+    except OSError as err:
+        if err.filename is None:
+            raise
+        # a file that could not be read or written (permissions, a full disk, a path that is a file)
+        print(f"genbound {args.command}: error: {err.filename}: {err.strerror or err}", file=sys.stderr)
+        return 2
     except Exception as err:  # torch is imported lazily here: the CLI starts without it
         import torch
 
@@ -406,8 +509,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genbound {args.command}: error: out of GPU memory; use smaller batches (--batch, --chunk, "
               "--probe-batch, --batch-size) or fewer --samples", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into head or less and closed early
-        sys.stdout = open(os.devnull, "w")
     return 0
 
 

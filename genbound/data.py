@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -35,6 +36,23 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def fingerprint(self) -> str:
+        """sha256 over every example's content (text bytes, or the float32 features' dtype, shape and bytes)
+        and label, in order: equal iff the split holds the same examples with the same labels."""
+        h = hashlib.sha256()
+        if isinstance(self.x, list):
+            h.update(f"text|{len(self.x)}|".encode())
+            for text in self.x:
+                raw = text.encode("utf-8")
+                h.update(len(raw).to_bytes(8, "little") + raw)
+        else:
+            x = self.x.detach().cpu().contiguous()
+            h.update(f"tensor|{x.dtype}|{tuple(x.shape)}|".encode())
+            h.update(x.numpy().tobytes())
+        y = self.y.detach().cpu().to(torch.int64).contiguous()
+        h.update(f"labels|{len(y)}|".encode() + y.numpy().tobytes())
+        return h.hexdigest()
+
     def take(self, idx: torch.Tensor) -> Split:
         """The examples at ``idx`` (a 1-D index tensor), in that order."""
         x = [self.x[i] for i in idx.tolist()] if isinstance(self.x, list) else self.x[idx]
@@ -52,6 +70,10 @@ class Task:
     test: Split
     class_names: list[str]
     info: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> dict[str, str]:
+        """The fingerprints of both splits (``Split.fingerprint``), as a checkpoint's manifest records them."""
+        return {"train": self.train.fingerprint(), "test": self.test.fingerprint()}
 
 
 TASKS: dict[str, str] = {
@@ -86,8 +108,22 @@ def load_task(name: str, *, seed: int = 0, n_train: int | None = None, n_test: i
     """Load task ``name`` (a name in ``TASKS`` or a ``.csv``/``.jsonl`` path) with a seeded split.
 
     ``n_train``/``n_test`` subsample the available train/test pools (None = task default);
-    ``test_fraction`` applies to tasks without an official split (mnist-5k, digits, files).
+    ``test_fraction`` applies to tasks without an official split (mnist-5k, digits, files). A task whose
+    training split holds fewer than two classes is refused: a classifier trained on it learns nothing.
     """
+    task = _load_task(name, seed=seed, n_train=n_train, n_test=n_test, test_fraction=test_fraction)
+    if task.num_classes < 2:
+        raise DataError(f"{name}: every example has the label {task.class_names[0]!r}; a classifier needs at "
+                        "least two classes")
+    present = int(torch.unique(task.train.y).numel())
+    if present < 2:
+        raise DataError(f"{name}: the training split ({len(task.train)} examples) holds only one class; "
+                        "a classifier needs at least two (use a larger --n-train or another --seed)")
+    return task
+
+
+def _load_task(name: str, *, seed: int = 0, n_train: int | None = None, n_test: int | None = None,
+               test_fraction: float = 0.2) -> Task:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
     for label, n in (("n_train", n_train), ("n_test", n_test)):
@@ -97,7 +133,7 @@ def load_task(name: str, *, seed: int = 0, n_train: int | None = None, n_test: i
         raise DataError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction!r}")
     if "@" in name and not name.lower().endswith((".csv", ".jsonl")):
         base, _, spec = name.rpartition("@")
-        return _class_subset(load_task(base, seed=seed, test_fraction=test_fraction), name, spec, seed,
+        return _class_subset(_load_task(base, seed=seed, test_fraction=test_fraction), name, spec, seed,
                              n_train, n_test)
     if name == "wordnet":
         return _load_wordnet(seed, n_train, n_test)

@@ -19,3 +19,7 @@ class CheckpointError(GenboundError):
 
 class TrainingError(GenboundError):
     """Training cannot go on (NaN loss, a checkpoint already in the way)."""
+
+
+class NonFinite(TrainingError):
+    """The loss, a weight or a final metric became inf or nan: nothing is saved as a checkpoint."""

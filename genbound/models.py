@@ -7,10 +7,12 @@ tensors (the head excluded), which a checkpoint records and checks on load.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,43 @@ from .errors import GenboundError
 
 BASE_MANIFEST = "genbound-base.json"
 HF_TARGETS = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin")
+KNOWN_MODELS = ("mlp", "minilm", "tiny-bert")
+
+
+class BaseMissing(GenboundError):
+    """The base model folder a checkpoint (or a resumed run) names is not there any more."""
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) answers a TCP connection within ``timeout`` seconds; False
+    at once under HF_HUB_OFFLINE=1. Offline is detected here, so a model name is never waited out on retries."""
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith(("./", "../", "~"))
+
+
+def _suggest(name: str) -> str:
+    """' (did you mean X?)' for a name close to a known model or to a folder next to the one named."""
+    parent = Path(name).parent
+    pool = list(KNOWN_MODELS)
+    if str(parent) not in ("", ".") and parent.is_dir():
+        pool += [str(parent / p.name) for p in parent.iterdir() if p.is_dir()]
+    elif str(parent) in ("", "."):
+        pool += [p.name for p in Path(".").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class MLP(nn.Module):
@@ -112,7 +151,7 @@ def _hf_backbone(ref: dict, num_classes: int, seed: int) -> Backbone:
     torch.manual_seed(seed)  # the new head's initialisation
     name = ref["name"]
     if name == "tiny-bert":  # random-init 2-layer BERT with MiniLM's tokenizer: for tests
-        source = minilm_folder()
+        source, offline = minilm_folder(), True
         cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=128, num_labels=num_classes)
         with torch.random.fork_rng():
@@ -122,14 +161,18 @@ def _hf_backbone(ref: dict, num_classes: int, seed: int) -> Backbone:
         torch.nn.init.zeros_(model.classifier.bias)
         head = ["classifier"]
     else:
-        source = minilm_folder() if name == "minilm" else name
+        source, offline = (minilm_folder(), True) if name == "minilm" else _hf_source(name)
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=num_classes, output_loading_info=True)
+                source, num_labels=num_classes, output_loading_info=True, local_files_only=offline)
         except OSError as err:
-            raise GenboundError(f"could not load model {name!r}: {str(err).splitlines()[0]}") from None
+            if offline and not Path(source).is_dir():
+                raise GenboundError(f"model {name!r} is not a local folder, not one of {', '.join(KNOWN_MODELS)}, "
+                                    "not in the Hugging Face cache, and the hub cannot be reached (offline)"
+                                    f"{_suggest(name)}") from None
+            raise GenboundError(f"could not load model {name!r}: {str(err).splitlines()[0]}{_suggest(name)}") from None
         head = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
-    tok = AutoTokenizer.from_pretrained(source)
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=offline)
     sha = state_sha256(model, head)
     model.float()
     targets = [n for n, m in model.named_modules()
@@ -137,10 +180,22 @@ def _hf_backbone(ref: dict, num_classes: int, seed: int) -> Backbone:
     return Backbone(model, "hf", ref, head, targets, sha, tokenizer=tok, max_length=ref.get("max_length", 128))
 
 
+def _hf_source(name: str) -> tuple[str, bool]:
+    """Where from_pretrained reads ``name``: a local folder, or a hub id (cache only when offline)."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return str(local), True
+    if _looks_like_path(name):
+        raise BaseMissing(f"the base model folder {name} is not there (moved or deleted?)")
+    return name, not hub_reachable()
+
+
 def _mlp_backbone(ref: dict, task: Task, seed: int) -> Backbone:
     in_dim = task.train.x.shape[1] if not isinstance(task.train.x, list) else 0
     if "path" in ref:  # a base written by `genbound pretrain`
         folder = Path(ref["path"])
+        if not (folder / BASE_MANIFEST).is_file() or not (folder / "model.safetensors").is_file():
+            raise BaseMissing(f"the base model folder {folder} is not there (moved or deleted?)")
         meta = json.loads((folder / BASE_MANIFEST).read_text())
         sizes = meta["sizes"]
         from safetensors.torch import load_file

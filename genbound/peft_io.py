@@ -21,6 +21,7 @@ method: lora / lora_plus (A trained), asym (A kept frozen), cla / rcla (A must b
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import time
@@ -34,8 +35,9 @@ from . import checkpoint
 from .build import adapter_state, assign_state, build, parameter_counts
 from .data import load_task
 from .errors import CheckpointError
+from .files import sha256_file
 from .methods import DENSE, get_method
-from .train import TrainConfig, evaluate, model_ref, pick_device
+from .train import TrainConfig, evaluate, model_ref, normalized, pick_device
 
 EXPORTABLE = ("lora", "lora_plus", "asym", "cla", "rcla")
 CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
@@ -75,6 +77,35 @@ def selector_indices(a: torch.Tensor, method: str, where: str) -> torch.Tensor:
     return idx
 
 
+def import_key(adapter: Path, *, method: str, data: str, seed: int, model: str | None) -> str:
+    """The folder name of one import of a PEFT adapter: the settings it was imported with and a hash of them and
+    of the adapter's own files, so another --data, --method, seed or base, or a changed adapter, is a new import."""
+    h = hashlib.sha256()
+    for name in (CONFIG, WEIGHTS):
+        path = adapter / name
+        h.update(sha256_file(path).encode() if path.is_file() else b"missing")
+    data_id = str(Path(data).expanduser().resolve()) if Path(data).suffix.lower() in (".csv", ".jsonl") else data
+    h.update(json.dumps([method, data_id, seed, model]).encode())
+    slug = re.sub(r"[^A-Za-z0-9@.-]+", "-", Path(data).stem if "/" in data else data)[:40]
+    return f"{method}-{slug}-s{seed}-{h.hexdigest()[:12]}"
+
+
+def imports_of(adapter: Path) -> list[dict]:
+    """The earlier imports of ``adapter`` (under DIR/genbound/) made from its files as they are now:
+    [{"path", "method", "data", "seed"}]."""
+    now = {name: sha256_file(adapter / name) for name in (CONFIG, WEIGHTS) if (adapter / name).is_file()}
+    found = []
+    for manifest in sorted((adapter / "genbound").glob(f"*/{checkpoint.MANIFEST}")):
+        try:
+            man = json.loads(manifest.read_text())
+            if man["timing"].get("imported_sha256") == now:
+                found.append({"path": str(manifest.parent), "method": man["method"]["name"],
+                              "data": man["config"]["data"], "seed": man["seed"]})
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
 def export_peft(ckpt: str | Path, out: str | Path) -> Path:
     """Write checkpoint ``ckpt`` (lora, lora_plus, asym, cla or rcla) as a PEFT LoRA folder ``out``.
 
@@ -82,6 +113,7 @@ def export_peft(ckpt: str | Path, out: str | Path) -> Path:
     only the manifest and adapter.safetensors (the base model and data are not loaded)."""
     ckpt, out = Path(ckpt), Path(out)
     man = checkpoint.read_manifest(ckpt)
+    checkpoint.verify_file(ckpt, man, checkpoint.ADAPTER)
     meth = man["method"]
     if meth["name"] not in EXPORTABLE or meth["chain_k"] != 1:
         raise CheckpointError(f"{ckpt}: method {meth['name']} (chain {meth['chain_k']}) has no PEFT LoRA form; "
@@ -180,8 +212,9 @@ def import_peft(adapter: str | Path, out: str | Path, *, method: str = "lora", d
     cfg = TrainConfig(model=base, data=data, method=method, rank=r, alpha=alpha, seed=seed, steps=0,
                       targets=[f"^{re.escape(n)}$" for n in names], hidden=hidden,
                       max_length=opts.get("max_length", TrainConfig.max_length))
+    cfg = normalized(cfg)
     start = time.perf_counter()
-    task = load_task(data, seed=seed)
+    task = load_task(cfg.data, seed=seed)
     ref = model_ref(cfg)
     built = build(ref, task, method, r, alpha, 1, seed, cfg.targets)
     if len(built.targets) != len(names):
@@ -218,6 +251,7 @@ def import_peft(adapter: str | Path, out: str | Path, *, method: str = "lora", d
             metrics[f"{split_name}_{key}"] = value
     timing = {"train_seconds": 0.0, "wall_seconds_this_session": time.perf_counter() - start,
               "peak_gpu_memory_bytes": None, "device": str(device), "steps": 0, "steps_per_link": [],
-              "imported_from": str(adapter.resolve())}
+              "imported_from": str(adapter.resolve()), "imported_sha256": {
+                  name: sha256_file(adapter / name) for name in (CONFIG, WEIGHTS)}}
     return checkpoint.save(out, cfg=dataclasses.asdict(cfg), built=built, task=task, ref=ref, metrics=metrics,
                            timing=timing, counts=parameter_counts(built))

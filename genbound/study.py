@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ from typing import Any
 
 from . import checkpoint
 from .errors import GenboundError
+from .files import finite_json, write_json
+
+__all__ = ["Study", "compare", "finite_json", "grid", "load_study", "run_study"]
 
 ANALYSES = ("compute", "spectrum", "hessian", "landscape")
 
@@ -127,7 +131,8 @@ def grid(study: Study) -> list[dict]:
     return runs
 
 
-def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", loaded=None) -> dict:
+def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", loaded=None,
+                 progress: bool = False) -> dict:
     """One analysis of one checkpoint, cached in ckpt/analysis/<name>.json."""
     path = ckpt / "analysis" / f"{name}.json"
     if path.is_file():
@@ -146,12 +151,12 @@ def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", load
     elif name == "hessian":
         from .hessian import hessian_analysis
 
-        result = hessian_analysis(loaded, options)
+        result = hessian_analysis(loaded, options, progress=progress)
     else:
         from .landscape import landscape_analysis
 
         result = landscape_analysis(loaded, options, ckpt=ckpt)
-    checkpoint.atomic_write_text(path, json.dumps(finite_json(result), indent=1, allow_nan=False, default=_jsonable))
+    write_json(path, result)
     return result
 
 
@@ -174,25 +179,9 @@ def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "aut
             raise GenboundError(f"{err} (needed for its missing {', '.join(todo)}; --analyses none compares "
                                 "only what is on disk)") from None
         for name in todo:
-            log(f"{d.name}: {name}")
+            start = time.perf_counter()
             run_analysis(d, name, _options(name, {}, "compare"), device, loaded)
-
-
-def finite_json(obj):
-    """A copy with every nan or inf float replaced by None (JSON has no such numbers)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
-def _jsonable(x):
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    raise TypeError(f"cannot write {type(x)} as JSON")
+            log(f"{d.name}: {name} ({time.perf_counter() - start:.1f} s)")
 
 
 def shard_of(runs: list[dict], shard: tuple[int, int], finished=lambda run: False) -> list[dict]:
@@ -226,13 +215,87 @@ def finished(study: Study, run: dict) -> bool:
         (out / "analysis" / f"{a}.json").is_file() for a in _analyses_of(study, run))
 
 
+def _config_drift(expected: dict, recorded: dict) -> list[str]:
+    """'key: recorded -> expected' for each training setting that differs (paths made absolute on both sides,
+    the device left out: where a run trains does not change what it is)."""
+    from .train import TrainConfig, normalized
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        a = dataclasses.asdict(normalized(TrainConfig(**{k: v for k, v in expected.items() if k in names})))
+        b = dataclasses.asdict(normalized(TrainConfig(**{k: v for k, v in recorded.items() if k in names})))
+    except TypeError as err:
+        return [f"unreadable settings ({err})"]
+    return [f"{k} {b[k]!r} -> {a[k]!r}" for k in sorted(names - {"device"}) if a[k] != b[k]]
+
+
+def _options_drift(name: str, options: Any, stored: dict) -> list[str]:
+    """'option: stored -> asked' for each analysis option the stored result was computed with differently (an
+    option the result does not record counts as its default)."""
+    if name == "spectrum":
+        asked = {"intruders": options.get("intruders", True), "top_k": options.get("top_k", 10)}
+        have = {"intruders": "intruders" in stored, "top_k": (stored.get("intruders") or {}).get("top_k", 10)}
+        if not asked["intruders"]:
+            asked.pop("top_k"), have.pop("top_k")
+    else:
+        defaults = dataclasses.asdict(type(options)())
+        asked = dataclasses.asdict(options)
+        have = {k: stored.get("options", {}).get(k, defaults[k]) for k in asked}
+        have = {k: (tuple(v) if isinstance(v, list) else v) for k, v in have.items()}
+        asked = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asked.items()}
+    return [f"{k} {have[k]!r} -> {asked[k]!r}" for k in asked if have[k] != asked[k]]
+
+
+def drift(study: Study, runs: list[dict]) -> list[str]:
+    """Runs (and analyses, and the pretrained base) on disk that were made with other settings than the study
+    file now asks for, one 'name (what changed)' each; empty when everything on disk matches."""
+    from .train import TrainConfig
+
+    found = []
+    base = Path(study.model) / "genbound-base.json"
+    if study.pretrain is not None and base.is_file():
+        made = json.loads(base.read_text()).get("config", {})
+        asked = {**dataclasses.asdict(TrainConfig(**study.pretrain)), "method": "full", "chain": 1}
+        changes = _config_drift(asked, made)
+        if changes:
+            found.append(f"the base {study.model} ({', '.join(changes)})")
+    for run in runs:
+        out = Path(study.runs) / run["name"]
+        if (out / checkpoint.MANIFEST).is_file():
+            recorded = checkpoint.read_manifest(out)["config"]
+        elif (out / "resume" / "config.json").is_file():
+            recorded = json.loads((out / "resume" / "config.json").read_text())
+        else:
+            continue
+        changes = _config_drift(run["config"], recorded)
+        for name in _analyses_of(study, run):
+            path = out / "analysis" / f"{name}.json"
+            if path.is_file():
+                changes += [f"{name}: {c}" for c in _options_drift(name, _options(name, study.analyses[name], "study"),
+                                                                  json.loads(path.read_text()))]
+        if changes:
+            found.append(f"{run['name']} ({', '.join(changes)})")
+    return found
+
+
+def check_drift(study: Study, runs: list[dict], source: str = "the study file") -> None:
+    """Refuse, in one line, to reuse runs or analyses made with settings the study file no longer asks for."""
+    found = drift(study, runs)
+    if found:
+        shown = "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
+        raise GenboundError(f"{source} changed since these were made in {study.runs}: {shown}. Move them away (or "
+                            "set runs = \"a new folder\") to make them with the new settings; nothing was changed")
+
+
 def run_study(study: Study, device: str = "auto", progress: bool = True, log=print,
-              shard: tuple[int, int] | None = None) -> list[Path]:
-    """Pretrain (if asked), train every run not yet finished (resuming interrupted ones), run the analyses.
-    With ``shard`` = (i, n) only that share of the grid (several processes can work on one study)."""
-    from .train import TrainConfig, pretrain, train
+              shard: tuple[int, int] | None = None, source: str = "the study file") -> list[Path]:
+    """Pretrain (if asked), train every run not yet finished (resuming interrupted ones), run the analyses, one
+    line per step with its time. With ``shard`` = (i, n) only that share of the grid (several processes can work
+    on one study). Runs, analyses or a base made with other settings than the study now asks for are refused."""
+    from .train import TrainConfig, pretrain, run_label, train
 
     runs_dir = Path(study.runs)
+    check_drift(study, grid(study), source)
     if study.pretrain is not None and not (Path(study.model) / "genbound-base.json").is_file():
         log(f"pretraining the base into {study.model}")
         pretrain(TrainConfig(**{**study.pretrain, "device": device}), study.model, progress=progress)
@@ -240,23 +303,29 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
     runs = grid(study) if shard is None else shard_of(grid(study), shard, lambda r: finished(study, r))
     for run in runs:
         out = runs_dir / run["name"]
+        start = time.perf_counter()
         if (out / checkpoint.MANIFEST).is_file():
             log(f"{run['name']}: trained already")
         elif (out / "resume" / "state.pt").is_file():
             log(f"{run['name']}: resuming")
             train(None, out, resume=True, progress=progress)
+            log(f"{run['name']}: trained ({time.perf_counter() - start:.1f} s)")
         else:
-            log(f"{run['name']}: training")
+            log(f"{run['name']}: training {run_label(TrainConfig(**run['config']))}")
             train(TrainConfig(**{**run["config"], "device": device}), out, progress=progress)
+            log(f"{run['name']}: trained ({time.perf_counter() - start:.1f} s)")
         loaded = None
         for name, opts in study.analyses.items():
             if name not in _analyses_of(study, run):
                 continue
-            if not (out / "analysis" / f"{name}.json").is_file():
-                from .train import pick_device
+            if (out / "analysis" / f"{name}.json").is_file():
+                continue
+            from .train import pick_device
 
-                loaded = loaded or checkpoint.load(out, device=pick_device(device))
-            run_analysis(out, name, _options(name, opts, "study"), device, loaded)
+            start = time.perf_counter()
+            loaded = loaded or checkpoint.load(out, device=pick_device(device))
+            run_analysis(out, name, _options(name, opts, "study"), device, loaded, progress=progress)
+            log(f"{run['name']}: {name} ({time.perf_counter() - start:.1f} s)")
         done.append(out)
     return done
 

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from . import checkpoint
 from .build import Built, adapter_state, assign_state, build, parameter_counts
 from .data import Task, load_task
-from .errors import TrainingError
+from .errors import NonFinite, TrainingError
+from .files import check_folder_writable
 from .graphs import GraphedStep
 from .layers import next_link, use_fused
 from .methods import get_method, generator
@@ -65,6 +66,53 @@ class TrainConfig:
     amp: bool = True
     fused: bool = True  # adapters' fused training path (genbound.fused); False = the reference path
     graphs: bool = True  # on CUDA, replay full-batch steps as a CUDA graph (genbound.graphs)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings that would train nothing or train meaninglessly, in one line naming the flag."""
+    def bad(flag: str, value, want: str) -> TrainingError:
+        return TrainingError(f"--{flag} {value}: {want}")
+
+    def finite(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if cfg.steps is not None and cfg.steps < 1:
+        raise bad("steps", cfg.steps, "must be at least 1 (or leave it out and give --epochs)")
+    if cfg.steps is None and not (finite(cfg.epochs) and cfg.epochs > 0):
+        raise bad("epochs", cfg.epochs, "must be a positive number")
+    if cfg.batch_size < 1:
+        raise bad("batch-size", cfg.batch_size, "must be at least 1")
+    for flag, value in (("lr", cfg.lr), ("alpha", cfg.alpha)):
+        if not (finite(value) and value > 0):
+            raise bad(flag, value, "must be a positive number")
+    if cfg.lr_ratio is not None and not (finite(cfg.lr_ratio) and cfg.lr_ratio > 0):
+        raise bad("lr-ratio", cfg.lr_ratio, "must be a positive number")
+    if not (finite(cfg.warmup) and 0 <= cfg.warmup <= 1):
+        raise bad("warmup", cfg.warmup, "is a fraction of the steps: give a number in [0, 1]")
+    for flag, value in (("weight-decay", cfg.weight_decay), ("clip", cfg.clip)):
+        if not (finite(value) and value >= 0):
+            raise bad(flag, value, "must be >= 0 (0 = off)")
+    for flag, value in (("eval-every", cfg.eval_every), ("snapshot-every", cfg.snapshot_every),
+                        ("save-every", cfg.save_every)):
+        if value < 0:
+            raise bad(flag, value, "must be >= 0 (0 = automatic)")
+    if cfg.eval_samples < 1:
+        raise bad("eval-samples", cfg.eval_samples, "must be at least 1")
+    if cfg.max_length < 2:
+        raise bad("max-length", cfg.max_length, "must be at least 2 tokens")
+    if not cfg.hidden or any(h < 1 for h in cfg.hidden):
+        raise bad("hidden", " ".join(map(str, cfg.hidden)), "needs positive layer sizes")
+
+
+def normalized(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with local paths made absolute (a data file, a model folder), so a run resumes, and a checkpoint
+    loads, from any working directory."""
+    changes = {}
+    if Path(cfg.data).suffix.lower() in (".csv", ".jsonl"):
+        changes["data"] = str(Path(cfg.data).expanduser().resolve())
+    if cfg.model not in ("mlp",) and Path(cfg.model).expanduser().is_dir():
+        changes["model"] = str(Path(cfg.model).expanduser().resolve())
+    return dataclasses.replace(cfg, **changes)
 
 
 def pick_device(name: str) -> torch.device:
@@ -250,8 +298,7 @@ class _Run:
         values = torch.stack(losses).tolist() if losses else []
         for i, v in enumerate(values):
             if not math.isfinite(v):
-                raise TrainingError(f"loss became {v} at step {self.step - len(values) + i} (try a lower --lr); "
-                                    f"no checkpoint was written to {self.out}")
+                raise NonFinite(f"loss became {v} at step {self.step - len(values) + i} (try a lower --lr)")
         return values
 
     def peak_memory(self) -> int | None:
@@ -277,31 +324,104 @@ class _Run:
         checkpoint.save_snapshot(self.out, self.step, self.link, tensors)
 
 
+RESUME, RESUME_CONFIG, RESUME_IDENTITY = "resume", "config.json", "identity.json"
+
+
+def _resume_config(out: Path) -> TrainConfig:
+    """The config of the interrupted run in ``out``; one line when there is none."""
+    if not (out / RESUME / "state.pt").is_file() or not (out / RESUME / RESUME_CONFIG).is_file():
+        done = " (it holds a finished checkpoint)" if (out / checkpoint.MANIFEST).is_file() else ""
+        raise TrainingError(f"--resume {out}: no interrupted run to continue there{done}")
+    try:
+        return TrainConfig(**json.loads(checkpoint.read_text(out / RESUME / RESUME_CONFIG)))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise TrainingError(f"{out / RESUME / RESUME_CONFIG} is damaged ({err})") from None
+
+
+def _check_identity(out: Path, built: Built, task: Task) -> None:
+    """A resumed run continues only on the base and data it started on."""
+    path = out / RESUME / RESUME_IDENTITY
+    if not path.is_file():  # written by an older genbound
+        return
+    saved = json.loads(path.read_text())
+    if saved["base_sha256"] != built.backbone.sha256:
+        raise TrainingError(f"--resume {out}: the base model changed since the run started (sha256 "
+                            f"{saved['base_sha256'][:12]}..., now {built.backbone.sha256[:12]}...); nothing changed")
+    if saved["data"] != task.fingerprint():
+        raise TrainingError(f"--resume {out}: the data {task.name} changed since the run started (examples or "
+                            "labels differ); nothing was changed")
+
+
+def _discard(out: Path, created: bool) -> None:
+    """Remove what a fresh run wrote (the folder itself when the run created it)."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        for p in out.iterdir():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _check_finite_weights(built: Built) -> None:
+    for name, t in adapter_state(built.model).items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFinite(f"the trained tensor {name} holds inf or nan values (try a lower --lr)")
+
+
+def run_label(cfg: TrainConfig) -> str:
+    """How a run is named in progress bars and summaries: the rank (and chain) only where the method has one."""
+    spec = get_method(cfg.method)
+    if spec.scope != "adapter":
+        return cfg.method
+    return f"{cfg.method} r={cfg.rank}" + (f" k={cfg.chain}" if cfg.chain > 1 else "")
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train ``cfg`` into checkpoint directory ``out`` (or continue it with resume=True); return the manifest."""
+    """Train ``cfg`` into checkpoint directory ``out`` (or continue it with resume=True); return the manifest.
+
+    A fresh run that stops on an inf or nan removes what it wrote, so the same ``out`` can be used again; an
+    interrupted run (Ctrl-C) keeps its resume state."""
     out = Path(out)
     if resume:
-        cfg = TrainConfig(**json.loads(checkpoint.read_text(out / "resume" / "config.json")))
+        cfg = _resume_config(out)
     else:
         checkpoint.check_fresh(out)
-        if Path(cfg.data).suffix in (".csv", ".jsonl"):  # a data file is recorded by its absolute path
-            cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
+        cfg = normalized(cfg)
+    check_config(cfg)
     get_method(cfg.method)  # unknown names fail before any data is loaded
     device = pick_device(cfg.device)
     task = load_task(cfg.data, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test)
     ref = model_ref(cfg)
     built = build(ref, task, cfg.method, cfg.rank, cfg.alpha, cfg.chain, cfg.seed, cfg.targets)
     run = _Run(cfg, out, task, built, device)
+    created = not out.exists()
     if resume:
+        _check_identity(out, built, task)
         run.load_state()
     else:
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_text(out / "resume" / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
-        run.snapshot()
+        checkpoint.atomic_write_text(out / RESUME / RESUME_IDENTITY, json.dumps(
+            {"base_sha256": built.backbone.sha256, "data": task.fingerprint()}, indent=1))
+        checkpoint.atomic_write_text(out / RESUME / RESUME_CONFIG, json.dumps(dataclasses.asdict(cfg), indent=1))
+    try:
+        if not resume:
+            run.snapshot()
+        manifest = _train_loop(run, cfg, out, ref, progress)
+    except NonFinite as err:
+        if resume:
+            raise NonFinite(f"{err}; the resume state in {out} is kept (--resume meets the same step again): "
+                            f"remove {out} to start over with other settings") from None
+        _discard(out, created)
+        raise NonFinite(f"{err}; nothing was kept in {out}") from None
+    shutil.rmtree(out / RESUME, ignore_errors=True)
+    return manifest
+
+
+def _train_loop(run: _Run, cfg: TrainConfig, out: Path, ref: dict, progress: bool) -> dict:
+    """Steps until the budget is spent (saving resume state on the way and on Ctrl-C), then the checkpoint."""
+    built, device = run.built, run.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(total=run.total, initial=run.step, desc=f"{cfg.method} r={cfg.rank}", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=run.total, initial=run.step, desc=run_label(cfg), disable=not progress, dynamic_ncols=True)
     running, start, pending = None, time.perf_counter(), []
     try:
         with use_fused(built.model, cfg.fused):
@@ -342,10 +462,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
               "peak_gpu_memory_bytes": peak, "peak_gpu_memory_scope": "training steps (evaluations left out)",
               "device": str(device), "steps": run.total, "steps_per_link": run.boundaries,
               "cuda_graphs": run.graphed is not None, "cuda_graph_error": run.graph_error}
-    manifest = checkpoint.save(out, cfg=dataclasses.asdict(cfg), built=built, task=task, ref=ref,
-                               metrics=final, timing=timing, counts=parameter_counts(built))
-    shutil.rmtree(out / "resume", ignore_errors=True)
-    return manifest
+    _check_finite_weights(built)
+    return checkpoint.save(out, cfg=dataclasses.asdict(cfg), built=built, task=run.task, ref=ref,
+                           metrics=final, timing=timing, counts=parameter_counts(built))
 
 
 def pretrain(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
@@ -355,6 +474,7 @@ def pretrain(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     from .models import BASE_MANIFEST
 
     out = Path(out)
+    check_folder_writable(out, "--out")
     if (out / BASE_MANIFEST).exists():
         raise TrainingError(f"{out} already holds a pretrained base; choose another --out")
     if cfg.model != "mlp":

@@ -30,3 +30,20 @@ def interrupt_training(monkeypatch):
         return lambda: monkeypatch.setattr(_Run, "train_step", real)
 
     return at
+
+
+@pytest.fixture
+def reseal():
+    """reseal(dir): record the current sha256 of a checkpoint's weight files in its manifest, for tests that
+    write a well-formed but wrong adapter on purpose (to reach the checks behind the checksum)."""
+    import json
+
+    from genbound import checkpoint
+
+    def apply(ckpt):
+        path = ckpt / checkpoint.MANIFEST
+        man = json.loads(path.read_text())
+        man["files"] = checkpoint.weight_files(ckpt)
+        path.write_text(json.dumps(man))
+
+    return apply

@@ -244,7 +244,7 @@ def test_selectors_are_seeded_per_matrix(digits, method: str) -> None:
 
 
 @pytest.mark.parametrize("method", SELECTORS)
-def test_selector_indices_are_restored_from_the_checkpoint(trained, tmp_path, method: str) -> None:
+def test_selector_indices_are_restored_from_the_checkpoint(trained, tmp_path, method: str, reseal) -> None:
     """load() takes the stored indices, even ones the seed would not draw again (stale-selector defect)."""
     out, _, built = trained(method)
     assert all(torch.equal(la.idx, checkpoint.load(out).built.layers[n].idx) for n, la in built.layers.items())
@@ -260,6 +260,7 @@ def test_selector_indices_are_restored_from_the_checkpoint(trained, tmp_path, me
         if method == "paca":  # keep the trained update, on the new columns
             tensors[f"{name}.columns"] = layer.weight.detach()[:, moved[name]] + layer.link_B().detach()
     save_file(tensors, copy / "adapter.safetensors")
+    reseal(copy)
     for name, layer in checkpoint.load(copy).built.layers.items():
         assert torch.equal(layer.idx, moved[name])
         dw = layer.delta_weight()
