@@ -141,9 +141,10 @@ def _sigma(text: str) -> float | None:
 
 
 def cmd_compute(args: argparse.Namespace) -> None:
-    from .compute import ComputeOptions, compute, render
+    from .compute import ComputeOptions, check_options, compute, render
 
     opts = config_from(args, ComputeOptions)
+    check_options(opts)
     loaded = load_for_analysis(args.ckpt, args)
     result = compute(loaded, opts)
     print(render(result))
@@ -190,18 +191,19 @@ def resolve_ckpt(ckpt: str, args: argparse.Namespace) -> tuple[str, bool]:
 def analysis_options(p: argparse.ArgumentParser, multiple: bool = False) -> None:
     """Options every analysis of a checkpoint takes (one checkpoint may also be a PEFT adapter folder)."""
     if multiple:
-        p.add_argument("--ckpt", required=True, action="append",
+        p.add_argument("--ckpt", required=True, action="append", metavar="DIR",
                        help="checkpoint directory or PEFT adapter folder (with --data); repeat for several")
     else:
-        p.add_argument("--ckpt", required=True, help="checkpoint directory (or a PEFT adapter folder with --data)")
+        p.add_argument("--ckpt", required=True, metavar="DIR",
+                       help="checkpoint directory (or a PEFT adapter folder with --data)")
     p.add_argument("--data", help="PEFT folders: the task to evaluate on; checkpoints: evaluate on other data on "
                                   "purpose (the output says so; by default the data must be what it was trained on)")
     p.add_argument("--method", help="PEFT folders: what PEFT cannot record, e.g. lora_plus or asym (default lora)")
     p.add_argument("--model", help="PEFT folders: the base model (default: the adapter's base_model_name_or_path)")
     # the analyses' own --seed is theirs; the split seed of a PEFT folder is --peft-seed there
     seed_flag = "--peft-seed" if multiple else "--seed"
-    p.add_argument(seed_flag, dest="peft_seed", type=int, help="PEFT folders: the seed of the train/test split "
-                                                               "(default 0)")
+    p.add_argument(seed_flag, dest="peft_seed", type=int, metavar="SEED",
+                   help="PEFT folders: the seed of the train/test split (default 0)")
     p.set_defaults(peft_seed_flag=seed_flag)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--base", help="where the base model is now, when it has moved (its sha256 must match)")
@@ -311,14 +313,22 @@ HESSIAN_HELP = {
     "probes": "HVPs per trace estimator", "lanczos_steps": "Lanczos steps", "tol": "relative residual tolerance",
     "stop": "Lanczos stopping rule: residual (rigorous) | gap (r^2 / Ritz gap: fewer HVPs, an estimate)",
     "hvp": "auto | forward-over-reverse | double-backward", "dtype": "float32 | float64",
+    "which": "largest (algebraic) | magnitude (what power iteration and PyHessian find)",
+    "cache_graphs": "keep every batch's gradient graph: HVPs without forward passes (needs memory)",
+    "probe_batch": "probe vectors per data pass (memory against speed)", "density_probes": "SLQ probe vectors",
+    "density_sigma": "Gaussian broadening of the density (default: 1%% of the Ritz-value range)",
+    "density_grid": "points of the density's grid", "max_iter": "pyhessian: power iterations per eigenvalue",
+    "timing": "also measure what one gradient and one HVP cost (a few extra passes)",
 }
 
 
 def cmd_hessian(args: argparse.Namespace) -> None:
     from . import plots
     from .hessian import HessianOptions, hessian_analysis, render
+    from .hessian.analysis import check_options
 
     opts = config_from(args, HessianOptions)
+    check_options(opts)
     results = analyse_each(args, lambda loaded, path: hessian_analysis(loaded, opts, progress=not args.quiet), render)
     if args.plot:
         plots.save(plots.hessian_figure(results), args.plot)
@@ -340,9 +350,10 @@ def cmd_landscape(args: argparse.Namespace) -> None:
     import numpy as np
 
     from . import plots
-    from .landscape import LandscapeOptions, landscape_arrays, landscape_analysis, render
+    from .landscape import LandscapeOptions, check_options, landscape_arrays, landscape_analysis, render
 
     opts = config_from(args, LandscapeOptions)
+    check_options(opts)
     results = analyse_each(args, lambda loaded, path: landscape_analysis(loaded, opts, ckpt=path), render)
     prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -375,9 +386,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or action.option_strings == []:
+        default = action.default
+        if ("default" in text or default is None or default is False or default is argparse.SUPPRESS
+                or default == [] or not action.option_strings):
             return text
-        return super()._get_help_string(action)
+        if isinstance(default, bool):  # --x / --no-x flags that are on by default
+            return f"{text} (default: on)"
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
 
 
 # outputs each command writes, checked before any work starts: (attribute, flag, "folder" | "file" | "prefix")

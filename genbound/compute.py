@@ -43,6 +43,25 @@ class ComputeOptions:
     batch_size: int = 256
 
 
+def check_options(opts: ComputeOptions) -> None:
+    """One line naming the flag for options that cannot give a number (the bounds check the rest)."""
+    from .compress import MAX_BITS, SCHEMES
+
+    bad = [b for b in opts.compress_bits if not 1 <= b <= MAX_BITS]
+    if bad:
+        raise GenboundError(f"--compress-bits {bad[0]}: quantization takes 1 to {MAX_BITS} bits")
+    unknown = [s for s in opts.schemes if s not in SCHEMES]
+    if unknown or not opts.schemes:
+        raise GenboundError(f"--schemes {' '.join(opts.schemes)}: choose from {', '.join(SCHEMES)}")
+    for flag, value, low in (("--qat-steps", opts.qat_steps, 0), ("--hyper-settings", opts.hyper_settings, 1),
+                             ("--seed-bits", opts.seed_bits, 0), ("--batch-size", opts.batch_size, 1)):
+        if value < low:
+            raise GenboundError(f"{flag} {value}: must be at least {low}")
+    for flag, value in (("--qat-lr", opts.qat_lr), ("--block-lipschitz", opts.block_lipschitz)):
+        if not (math.isfinite(value) and value > 0):
+            raise GenboundError(f"{flag} {value}: must be a positive number")
+
+
 # ---- measured (section 2) -------------------------------------------------------------------------------
 def losses(logits: torch.Tensor, y: torch.Tensor, smoothing: float | None, clip: float | None) -> dict[str, float]:
     """Mean CE, 0-1 error, and the bounded CE (smoothed or clipped) the CE bounds speak of."""
@@ -157,6 +176,7 @@ def theorem1(loaded: Loaded, init: Built, C: float, c_source: str, opts: Compute
 # ---- the analysis ----------------------------------------------------------------------------------------
 def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
     """Every number of `genbound compute` for one loaded checkpoint."""
+    check_options(opts)
     task, man, model, dev = loaded.task, loaded.manifest, loaded.model, loaded.device
     if len(task.test) == 0 or len(task.train) == 0:
         raise GenboundError("the checkpoint's task has no train or test examples to measure the gap on")

@@ -56,7 +56,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .checkpoint import TRAJECTORY, Loaded
+from .checkpoint import TRAJECTORY, Loaded, read_manifest, verify_file
 from .errors import CheckpointError, GenboundError
 from .layers import AdapterLinear, LowRank, adapter_layers
 from .methods import COLUMNS, generator
@@ -171,9 +171,11 @@ class Snapshot:
 
 
 def read_trajectory(ckpt: str | Path) -> list[Snapshot]:
-    """The snapshots in ``ckpt``/trajectory/, by step (empty when there are none)."""
-    out = []
+    """The snapshots in ``ckpt``/trajectory/, by step (empty when there are none), each checked against the
+    sha256 its manifest records."""
+    out, man = [], read_manifest(ckpt)
     for path in sorted((Path(ckpt) / TRAJECTORY).glob("step_*.safetensors")):
+        verify_file(Path(ckpt), man, path.relative_to(Path(ckpt)).as_posix())
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}

@@ -166,10 +166,6 @@ def _hf_backbone(ref: dict, num_classes: int, seed: int) -> Backbone:
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=num_classes, output_loading_info=True, local_files_only=offline)
         except OSError as err:
-            if offline and not Path(source).is_dir():
-                raise GenboundError(f"model {name!r} is not a local folder, not one of {', '.join(KNOWN_MODELS)}, "
-                                    "not in the Hugging Face cache, and the hub cannot be reached (offline)"
-                                    f"{_suggest(name)}") from None
             raise GenboundError(f"could not load model {name!r}: {str(err).splitlines()[0]}{_suggest(name)}") from None
         head = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
     tok = AutoTokenizer.from_pretrained(source, local_files_only=offline)
@@ -187,7 +183,25 @@ def _hf_source(name: str) -> tuple[str, bool]:
         return str(local), True
     if _looks_like_path(name):
         raise BaseMissing(f"the base model folder {name} is not there (moved or deleted?)")
-    return name, not hub_reachable()
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        raise GenboundError(f"model {name!r} is not a local folder, not one of {', '.join(KNOWN_MODELS)}, and not a "
+                            f"Hugging Face model name{_suggest(name)}") from None
+    if hub_reachable():
+        return name, False
+    # offline: only the local cache can hold it; say so at once instead of waiting out the hub's retries
+    cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
+    if not isinstance(cached, str):
+        raise GenboundError(f"model {name!r} is not a local folder, not one of {', '.join(KNOWN_MODELS)}, not in the "
+                            f"Hugging Face cache, and the hub cannot be reached (offline){_suggest(name)}")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True  # read once at import; the hub library would otherwise retry each file
+    return name, True
 
 
 def _mlp_backbone(ref: dict, task: Task, seed: int) -> Backbone:
@@ -235,6 +249,8 @@ def load_backbone(ref: dict[str, Any], task: Task, seed: int) -> Backbone:
     """Build the base model for ``task`` with a fresh head initialised from ``seed``."""
     if ref["kind"] == "mlp":
         return _mlp_backbone(ref, task, seed)
+    if ref["name"] not in KNOWN_MODELS:
+        _hf_source(ref["name"])  # a name that is nowhere is said first (fast when offline)
     if task.kind != "text":
         raise GenboundError(f"model {ref['name']} is a text model, but task {task.name} is {task.kind}")
     return _hf_backbone(ref, task.num_classes, seed)

@@ -259,7 +259,7 @@ def test_pca_directions_are_orthonormal_and_recover_a_planted_plane():
         pca_directions([{"w": torch.ones(3) * t} for t in range(4)])
 
 
-def test_pca_through_the_checkpoint_recovers_planted_snapshots(ckpts, loaded, tmp_path):
+def test_pca_through_the_checkpoint_recovers_planted_snapshots(ckpts, loaded, tmp_path, reseal):
     """Snapshots theta_t = theta* + a_t u + b_t v + noise written into a copy of a checkpoint."""
     ck = tmp_path / "planted"
     shutil.copytree(ckpts / "lora", ck)
@@ -269,6 +269,7 @@ def test_pca_through_the_checkpoint_recovers_planted_snapshots(ckpts, loaded, tm
     diffs, q, coef = planted({n: tuple(t.shape) for n, t in centre.items()}, T=9, noise=1e-6)
     for t, diff in enumerate(diffs):
         checkpoint.save_snapshot(ck, 10 * t, 0, {n: (centre[n].double() + diff[n]).float() for n in centre})
+    reseal(ck)  # planted on purpose: the manifest vouches for the new snapshots
     sp = build_space(ld, "trainable")
     dirs, ratios, traj, note = trajectory_directions(sp, ld, read_trajectory(ck), str(ck))
     D = torch.stack([torch.cat([d[n].flatten() for n in centre]).double() for d in dirs], 1)
