@@ -132,9 +132,24 @@ def save(out: Path, *, cfg: dict, built: Built, task: Task, ref: dict, metrics: 
         "matrices": [{"name": n, "n": la.out_features, "m": la.in_features} for n, la in layers.items()],
         "dtype": str(next(built.model.parameters()).dtype).replace("torch.", ""),
         "params": counts, "config": cfg, "metrics": metrics, "timing": timing, "files": weight_files(out),
+        "environment": environment(),
     }
     atomic_write_text(out / MANIFEST, json_text(manifest))
     return manifest
+
+
+def environment() -> dict:
+    """What the bits of a run depend on besides its settings: the same settings on the same machine, library
+    versions and thread count give the same bits; another CPU, thread count or GPU gives close numbers."""
+    import platform
+
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        env["cuda_device"] = torch.cuda.get_device_name()
+    return env
 
 
 def read_manifest(ckpt: str | Path) -> dict:

@@ -290,6 +290,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     if args.report:
         study.report = args.report
     check_folder_writable(study.runs, f"{args.study}: runs folder")
+    check_folder_writable(study.report, f"{args.study}: report folder")
     shard = None
     if args.shard:
         try:
