@@ -1,7 +1,16 @@
 """The report folder of a comparison (`genbound compare`, `genbound study`): README.md, results.json and figures.
 
 ``render_report`` writes the markdown from a comparison result (``study.compare``); ``write_comparison`` writes
-the folder. Figures come from plots.py.
+the folder, a caption under every figure. Figures come from plots.py.
+
+Bounds on the test error and bounds on the gap are kept apart, each next to the measured quantity it bounds,
+and every vacuous bound is marked " (vacuous)":
+- a bound on the test error (the compression / Occam bound) is vacuous when it is at least 1 or at least the
+  majority-class error (``majority_err``: the test error of always predicting the most frequent training
+  class), since then it says no more than the trivial classifier does;
+- a bound on the gap (the paper's MI bound) is vacuous when it is at least the largest gap the bounded loss
+  allows: 1 for the 0-1 loss, the width of the loss's range for a bounded cross-entropy.
+A bound equal to the limit is marked too: it excludes nothing.
 """
 
 from __future__ import annotations
@@ -11,8 +20,14 @@ import math
 from pathlib import Path
 
 from . import plots
-from .checkpoint import atomic_write_text
-from .study import finite_json
+from .files import atomic_write_text, write_json
+
+# Below this many checkpoints the report gives a one-line note instead of the Kendall tau table: tau moves in
+# steps of 2 / (n (n - 1) / 2) (1/3 at n = 4, 2/21 at n = 7), and under the exact permutation null only
+# |tau| >= 0.71 (n = 7), 0.87 (n = 6), 1.0 (n = 5) or nothing at all (n = 4) differs from "no association"
+# at the 5% level; 8 is where a tau short of 1 that differs from 0 (0.64) starts to be common.
+TAU_MIN_CHECKPOINTS = 8
+VACUOUS = " (vacuous)"
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -23,12 +38,28 @@ def _fmt(x, digits: int = 4) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fmt_bound(x, digits: int = 3) -> str:
+    """A bound with ``digits`` decimals; a value below 1 that would round to 1 is cut (not rounded) to one more
+    decimal, so 0.9999998 reads 0.9999, not 1.000 (1 is where a bound on an error becomes vacuous)."""
+    if not _number(x):
+        return "-"
+    text = f"{x:.{digits}f}"
+    if x < 1 and float(text) >= 1:
+        scale = 10 ** (digits + 1)
+        text = f"{math.floor(x * scale) / scale:.{digits + 1}f}"
+    return text
+
+
 def per_method(rows: list[dict], key: str) -> dict[tuple, tuple[float, float, int]]:
     """(method, rank) -> (mean, sample std, count) of ``key`` over seeds."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
-        if isinstance(r.get(key), (int, float)):
-            groups.setdefault((r["method"], r["rank"] if r["scope"] == "adapter" else "-"), []).append(r[key])
+        if _number(r.get(key)):
+            groups.setdefault(_group(r), []).append(r[key])
     out = {}
     for k, v in groups.items():
         mean = sum(v) / len(v)
@@ -37,61 +68,209 @@ def per_method(rows: list[dict], key: str) -> dict[tuple, tuple[float, float, in
     return out
 
 
+def _group(r: dict) -> tuple:
+    return r["method"], r["rank"] if r["scope"] == "adapter" else "-"
+
+
+# ---- vacuity -------------------------------------------------------------------------------------------
+def bound_loss(row: dict, cache: dict | None = None) -> dict:
+    """The loss the compute analysis bounded (the paper's bound is on that loss's gap) and the largest gap it
+    allows: {"loss": "01" | "ce" | None, "label": words, "max_gap": float | None}. From the checkpoint's
+    analysis/compute.json when it is on disk (it names the smoothing or clip), else from the row's ``loss`` and
+    ``loss_range`` when it carries them, else loss None with the 0-1 loss's limit (the caller says so)."""
+    key = str(row.get("checkpoint"))
+    if cache is not None and key in cache:
+        return cache[key]
+    info = {"loss": None, "label": "0-1 loss", "max_gap": 1.0}
+    path = Path(key) / "analysis" / "compute.json"
+    c = {}
+    if row.get("checkpoint") and path.is_file():
+        try:
+            c = json.loads(path.read_text())
+        except (OSError, ValueError):
+            c = {}
+    opts = c.get("options") or {}
+    if c.get("loss") == "01":
+        info = {"loss": "01", "label": "0-1 loss", "max_gap": 1.0}
+    elif c.get("loss") == "ce":
+        if opts.get("smoothing") is not None:
+            label = f"CE smoothed by a={opts['smoothing']:g}"
+        elif opts.get("clip") is not None:
+            label = f"CE clipped at {opts['clip']:g}"
+        else:
+            label = "CE"
+        # a loss in [0, b] has sigma = b / 2 unless the user set sigma: then the range is not known here
+        given = opts.get("sigma") is not None
+        info = {"loss": "ce", "label": label,
+                "max_gap": None if given or not _number(c.get("sigma")) else 2 * c["sigma"]}
+    elif row.get("loss") is not None:
+        loss = row["loss"]
+        info = {"loss": loss, "label": "0-1 loss" if loss == "01" else "bounded CE",
+                "max_gap": row.get("loss_range", 1.0 if loss == "01" else None)}
+    if cache is not None:
+        cache[key] = info
+    return info
+
+
+def vacuous_test_error_bound(bound, majority_err) -> bool | None:
+    """A bound on the test error is vacuous at >= 1 or >= the majority-class error (when known); None: no bound."""
+    if not _number(bound):
+        return None
+    return bound >= 1 or (_number(majority_err) and bound >= majority_err)
+
+
+def vacuous_gap_bound(bound, max_gap) -> bool | None:
+    """A bound on the gap is vacuous at >= the largest gap the loss allows; None: no bound or no known limit."""
+    if not _number(bound) or not _number(max_gap):
+        return None
+    return bound >= max_gap
+
+
+def _mark(flags: list) -> str:
+    """The vacuity note of a cell over its seeds' flags (None: not judged)."""
+    judged = [f for f in flags if f is not None]
+    hits = sum(judged)
+    if not judged or not hits:
+        return ""
+    return VACUOUS if hits == len(judged) else f" (vacuous for {hits} of {len(judged)} seeds)"
+
+
+# ---- the markdown ------------------------------------------------------------------------------------------
+def _pm(c, digits: int = 4, fmt=None) -> str:
+    """mean (+- std over seeds when there are two or more) of a per_method cell."""
+    if c is None:
+        return "-"
+    f = fmt or (lambda x: f"{x:.{digits}f}")
+    return f(c[0]) if c[2] == 1 else f"{f(c[0])} +- {c[1]:.{digits}f}"
+
+
 def render_report(result: dict, title: str) -> str:
-    """README.md of a comparison: per-method table over seeds, every checkpoint, and the measure ranking."""
-    rows = result["rows"]
+    """README.md of a comparison: the test error next to its bound and the gap next to its bound per method
+    (over seeds), the measure ranking, and every checkpoint."""
+    rows = [{**r, "test_err": 1 - r["test_acc"]} for r in result["rows"]]
     model = rows[0]["model"]
     model = Path(model).name if "/" in model else model
-    lines = [f"# {title}", "", f"{len(rows)} checkpoints of {model} on {rows[0]['data']}.", "",
-             "## Accuracy and gap per method (mean +- std over seeds)", "",
-             "| method | r | seeds | D paper | test acc | gap 0-1 | gap CE | paper bound | compression bound |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    stats = {k: per_method(rows, k) for k in ("test_acc", "gap_01", "gap_ce", "paper_bound", "compression_bound",
-                                               "params_paper")}
-    for key in sorted(stats["test_acc"], key=lambda k: (k[0], str(k[1]))):
+    cache: dict = {}
+    losses = {id(r): bound_loss(r, cache) for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"# {title}", "", f"{len(rows)} checkpoints of {model} on {rows[0]['data']} "
+             f"({len({_group(r) for r in rows})} method/rank groups, {len(seeds)} seed{'s' * (len(seeds) != 1)}).", ""]
+    stats = {k: per_method(rows, k) for k in ("test_acc", "test_err", "majority_err", "gap_01", "gap_ce",
+                                               "paper_bound", "compression_bound", "params_paper")}
+    keys = sorted(stats["test_acc"], key=lambda k: (plots.method_sort_key(k[0]), str(k[1])))
+    by_group: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_group.setdefault(_group(r), []).append(r)
+
+    # -- the test error and its bound
+    majority_missing = sum(not _number(r.get("majority_err")) for r in rows)
+    lines += ["## Test error and the bound on it, per method (mean +- std over seeds)", "",
+              "| method | r | seeds | test acc | test err | majority-class err | Occam bound on test err |",
+              "|---|---|---|---|---|---|---|"]
+    for key in keys:
         cell = {k: stats[k].get(key) for k in stats}
-        pm = lambda c, d=4: ("-" if c is None else f"{c[0]:.{d}f}" if c[2] == 1  # noqa: E731
-                             else f"{c[0]:.{d}f} +- {c[1]:.{d}f}")
-        lines.append(f"| {key[0]} | {key[1]} | {cell['test_acc'][2]} | {_fmt(int(cell['params_paper'][0]))} | "
-                     f"{pm(cell['test_acc'])} | {pm(cell['gap_01'])} | {pm(cell['gap_ce'])} | "
-                     f"{pm(cell['paper_bound'], 3)} | {pm(cell['compression_bound'], 3)} |")
+        flags = [vacuous_test_error_bound(r.get("compression_bound"), r.get("majority_err")) for r in by_group[key]]
+        bound = _pm(cell["compression_bound"], 3, _fmt_bound)
+        lines.append(f"| {key[0]} | {key[1]} | {cell['test_acc'][2]} | {_pm(cell['test_acc'])} | "
+                     f"{_pm(cell['test_err'])} | {_pm(cell['majority_err'])} | "
+                     f"{bound + (_mark(flags) if bound != '-' else '')} |")
+    lines += ["", "test err = 1 - test acc. The Occam bound (`compute --compress`) bounds the test error of the "
+              "quantized model with probability 1 - delta. A bound on the test error is marked vacuous when it is at "
+              "least 1 or at least the majority-class error (the test error of always predicting the most frequent "
+              "training class): it then says no more than that trivial classifier does."]
+    if majority_missing:
+        lines[-1] += (f" The majority-class error is missing from {majority_missing} of {len(rows)} checkpoints "
+                      "(their compute ran before it was recorded): their bounds are judged by >= 1 only.")
+
+    # -- the gap and its bound
+    labels = sorted({losses[id(r)]["label"] for r in rows if _number(r.get("paper_bound"))})
+    loss_label = labels[0] if len(labels) == 1 else "each checkpoint's compute loss"
+    kinds = {losses[id(r)]["loss"] for r in rows if _number(r.get("paper_bound"))}
+    ce_first = kinds == {"ce"}  # the bounded gap stands next to the bound
+    gap_cols = ("gap_01", "gap_ce") if ce_first else ("gap_ce", "gap_01")
+    gap_names = {"gap_01": "gap 0-1", "gap_ce": "gap CE"}
+    lines += ["", "## Gap and the bound on it, per method (mean +- std over seeds)", "",
+              f"| method | r | seeds | D paper | {gap_names[gap_cols[0]]} | {gap_names[gap_cols[1]]} | "
+              f"paper bound on the gap ({loss_label}) |", "|---|---|---|---|---|---|---|"]
+    for key in keys:
+        cell = {k: stats[k].get(key) for k in stats}
+        flags = [vacuous_gap_bound(r.get("paper_bound"), losses[id(r)]["max_gap"]) for r in by_group[key]]
+        bound = _pm(cell["paper_bound"], 3)
+        params = cell["params_paper"]
+        lines.append(f"| {key[0]} | {key[1]} | {cell['test_acc'][2]} | "
+                     f"{_fmt(int(params[0])) if params else '-'} | {_pm(cell[gap_cols[0]])} | "
+                     f"{_pm(cell[gap_cols[1]])} | {bound + (_mark(flags) if bound != '-' else '')} |")
+    max_gaps = sorted({losses[id(r)]["max_gap"] for r in rows if _number(r.get("paper_bound"))}, key=str)
+    limit = ("1 for the 0-1 loss, as an error difference never exceeds 1" if max_gaps == [1.0] else
+             ", ".join("unknown (sigma given by hand)" if m is None else f"{m:.4g}" for m in max_gaps)
+             + " here, the width of the bounded loss's range")
+    lines += ["", "gap 0-1 = train acc - test acc, gap CE = test CE - train CE. The paper's bound sqrt(2 q sigma^2 "
+              f"ln2 D / N) bounds the expected gap of the {loss_label}, not the test error; it is marked vacuous when "
+              f"it is at least the largest gap that loss allows ({limit})."]
+    if "ce" in kinds:
+        lines[-1] += (" The gap CE column is the gap of the plain cross-entropy; the gap of the bounded loss itself is "
+                      "`gap_ce_bounded` in each checkpoint's analysis/compute.json.")
+    if any(losses[id(r)]["loss"] is None for r in rows if _number(r.get("paper_bound"))):
+        lines[-1] += (" The compute analysis of some checkpoints is not on disk and their rows do not say which loss "
+                      "was bounded: the 0-1 loss (largest gap 1) is assumed for them.")
+
+    # -- the ranking
     lines += ["", "## How well each measure ranks the gap (Kendall tau; granulated Psi over method, rank, seed)", ""]
     if len(rows) < 2:
         lines += ["One checkpoint: nothing to rank.", ""]
-    elif len(rows) < 10:
-        lines += [f"Only {len(rows)} checkpoints: tau moves in steps of {2 / (len(rows) * (len(rows) - 1) / 2):.2f} "
-                  "and says little; the bootstrap needs two seeds or more.", ""]
-    lines += ["| measure | gap | n | tau | 95% seed-bootstrap interval | Psi | per axis (groups) |",
-              "|---|---|---|---|---|---|---|"]
-    for t in sorted(result["ranking"].values(), key=lambda t: -abs(t["tau"])):
-        lo, hi = t["tau_ci95_seed_bootstrap"]
-        axes = ", ".join(f"{a} {_fmt(v, 2)} ({t['groups'][a]})" for a, v in t["per_axis"].items())
-        lines.append(f"| {t['measure']} | {t['gap']} | {t['n']} | {t['tau']:+.3f} | "
-                     f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}] | {_fmt(t['psi'], 3)} | {axes} |")
-    lines += ["", "Measures: " + "; ".join(f"`{k}` = {v}" for k, v in result["measures"].items()) + "."]
+    elif len(rows) < TAU_MIN_CHECKPOINTS:
+        lines += [f"Too few checkpoints to rank measures: {len(rows)} (tau moves in steps of "
+                  f"{2 / (len(rows) * (len(rows) - 1) / 2):.2f}; this report ranks from {TAU_MIN_CHECKPOINTS} "
+                  "checkpoints on); the taus are in results.json.", ""]
+    if len(rows) >= TAU_MIN_CHECKPOINTS:
+        if len(seeds) < 2:
+            lines += ["One seed: no seed-bootstrap interval.", ""]
+        lines += ["| measure | gap | n | tau | 95% seed-bootstrap interval | Psi | per axis (groups) |",
+                  "|---|---|---|---|---|---|---|"]
+        for t in sorted(result["ranking"].values(), key=lambda t: -abs(t["tau"])):
+            lo, hi = t["tau_ci95_seed_bootstrap"]
+            axes = ", ".join(f"{a} {_fmt(v, 2)} ({t['groups'][a]})" for a, v in t["per_axis"].items())
+            lines.append(f"| {t['measure']} | {t['gap']} | {t['n']} | {t['tau']:+.3f} | "
+                         f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}] | {_fmt(t['psi'], 3)} | {axes} |")
+        lines.append("")
+    lines += ["Measures: " + "; ".join(f"`{k}` = {v}" for k, v in result["measures"].items()) + "."]
     if all(r.get("log10_theorem1") is None for r in rows) and any(r.get("paper_bound") is not None for r in rows):
         lines += ["", "No Theorem-1 bound: these computes ran with the 0-1 loss, which is not Lipschitz; "
                       "Theorem 1's data-dependent term Phi_dW (`log10_phi_dw`) stands in for it."]
+
+    # -- every checkpoint
     lines += ["", "## Every checkpoint", "",
-              "| checkpoint | method | r | k | seed | D paper | test acc | train CE | test CE | gap 0-1 | gap CE | "
-              "paper | log10 Thm 1 | compression | H top | H trace | sharpness | intruders | stable rank | "
-              "train s | peak MiB |", "|" + "---|" * 21]
-    for r in sorted(rows, key=lambda r: (r["method"], r["rank"], r["seed"])):
-        measures = " | ".join(_fmt(r.get(k), 3) for k in (
-            "paper_bound", "log10_theorem1", "compression_bound", "hessian_top", "hessian_trace", "sharpness",
-            "intruders", "stable_rank"))
+              "| checkpoint | method | r | k | seed | D paper | test acc | train CE | test CE "
+              "| test err | majority err | Occam bound on test err "
+              f"| {gap_names[gap_cols[0]]} | {gap_names[gap_cols[1]]} | paper bound on the gap ({loss_label}) "
+              "| log10 Thm 1 bound on the CE gap "
+              "| H top | H trace | sharpness | intruders | stable rank | train s | peak MiB |", "|" + "---|" * 23]
+    for r in sorted(rows, key=lambda r: (plots.method_sort_key(r["method"]), r["rank"], r["seed"])):
+        comp = _fmt_bound(r.get("compression_bound"))
+        comp += _mark([vacuous_test_error_bound(r.get("compression_bound"), r.get("majority_err"))])
+        paper = _fmt(r.get("paper_bound"), 3)
+        paper += _mark([vacuous_gap_bound(r.get("paper_bound"), losses[id(r)]["max_gap"])])
+        others = " | ".join(_fmt(r.get(k), 3) for k in ("hessian_top", "hessian_trace", "sharpness", "intruders",
+                                                        "stable_rank"))
         rank = r["rank"] if r["scope"] == "adapter" else "-"
         peak = r.get("peak_gpu_memory_bytes")
         lines.append(f"| {Path(r['checkpoint']).name} | {r['method']} | {rank} | {r['chain_k']} | {r['seed']} | "
                      f"{r['params_paper']:,} | {r['test_acc']:.4f} | {r['train_loss']:.4f} | {r['test_loss']:.4f} | "
-                     f"{r['gap_01']:+.4f} | {r['gap_ce']:+.4f} | {measures} | "
-                     f"{r['train_seconds']:.1f} | {'-' if peak is None else f'{peak / 2**20:.0f}'} |")
+                     f"{1 - r['test_acc']:.4f} | {_fmt(r.get('majority_err'), 4)} | {comp} | "
+                     f"{r[gap_cols[0]]:+.4f} | {r[gap_cols[1]]:+.4f} | {paper} | {_fmt(r.get('log10_theorem1'), 3)} | "
+                     f"{others} | {r['train_seconds']:.1f} | {'-' if peak is None else f'{peak / 2**20:.0f}'} |")
+    lines += ["", "Vacuous bounds are marked as in the tables above. Theorem 1's bound is on the gap of the unbounded "
+              "cross-entropy, which has no largest value, so it is never marked; compare it with gap CE."]
+    for r in rows:
+        r.pop("test_err", None)
     return "\n".join(lines) + "\n"
 
 
+# ---- figures -------------------------------------------------------------------------------------------
 def landscapes_of(rows: list[dict]) -> dict[str, dict]:
     """One landscape per method for the side-by-side figure: its lowest seed and rank; only when all of them
-    are slices of one kind (all 2-D or all 1-D), as the figure draws them on one scale."""
+    are slices of one kind (all 2-D or all 1-D), as the figure draws them on one scale. In the palette's
+    method order."""
     chosen: dict[str, dict] = {}
     for r in sorted(rows, key=lambda r: (r["seed"], r["rank"])):
         path = Path(r["checkpoint"]) / "analysis" / "landscape.json"
@@ -99,32 +278,109 @@ def landscapes_of(rows: list[dict]) -> dict[str, dict]:
             chosen[r["method"]] = {"name": Path(r["checkpoint"]).name, **json.loads(path.read_text())}
     if len({c["one_d"] for c in chosen.values()}) != 1:
         return {}
-    return {c.pop("name"): c for c in chosen.values()}
+    return {c.pop("name"): c for _, c in sorted(chosen.items(), key=lambda kv: plots.method_sort_key(kv[0]))}
+
+
+def _seed_words(counts: list[int]) -> str:
+    if min(counts) == max(counts):
+        return "one seed each" if counts[0] == 1 else f"{counts[0]} seeds each"
+    return f"{min(counts)} to {max(counts)} seeds"
+
+
+def figure_captions(result: dict, spectra: dict[str, dict], landscapes: dict[str, dict]) -> dict[str, str]:
+    """A caption per figure file: what is plotted, the axes, the colours, over which checkpoints and seeds."""
+    rows = result["rows"]
+    n = len(rows)
+    groups: dict[tuple, int] = {}
+    for r in rows:
+        groups[_group(r)] = groups.get(_group(r), 0) + 1
+    counts = list(groups.values())
+    seeds = sorted({r["seed"] for r in rows})
+    ranks = sorted({r["rank"] for r in rows if r["scope"] == "adapter"})
+    colours = "Colours are the methods' fixed colours, the same in every figure of genbound."
+    if max(counts) >= 2:
+        bars = ("error bars are +-1 sample standard deviation over seeds and black dots the single seeds"
+                + (", shown only for groups with two or more seeds" if min(counts) < 2 else ""))
+    else:
+        bars = "one seed per group, so there are no error bars"
+    height = "mean over seeds" if max(counts) >= 2 else "value of the single seed"
+    caps = {"methods.png": (
+        f"Test accuracy (left) and the 0-1 generalization gap, train accuracy minus test accuracy (right), per method "
+        f"and rank (x axis) over all {n} checkpoints ({_seed_words(counts)}). Bar height is the {height}; {bars}. "
+        "The accuracy axis spans 0 to 1; the gap axis starts at 0 (below it only where a gap or an error bar is "
+        f"negative; black line: 0). {colours}")}
+    marker = f"; marker shape = rank r ({', '.join(map(str, ranks))}; squares: full and head)" if len(ranks) > 1 else ""
+    interval = (" and, in brackets, its 95% interval from resampling whole seeds" if len(seeds) >= 2 else
+                " (one seed: no interval)")
+    titles = (f"Panel titles give Kendall tau over all checkpoints{interval}." if n >= TAU_MIN_CHECKPOINTS else
+              f"No tau in the titles: {n} checkpoints are too few to rank measures.")
+    for gap, words in (("gap_01", "0-1 gap (train accuracy minus test accuracy)"),
+                       ("gap_ce", "cross-entropy gap (test CE minus train CE)")):
+        caps[f"measures-{gap}.png"] = (
+            f"Each measure that compare ranks (one panel each; x axis, log scale where marked) against the measured "
+            f"{words} (y axis), one point per checkpoint ({n} checkpoints, {_seed_words(counts)}), colour = method"
+            f"{marker}. {titles} {colours}")
+    if spectra:
+        first = next(iter(spectra.values()))["intruders"]
+        heads = " Head-only training adapts no matrix and has no curve." if any(
+            r["scope"] != "adapter" and r["method"] == "head" for r in rows) else ""
+        caps["intruders.png"] = (
+            f"Intruder dimensions (Shuttleworth et al. 2024) of one checkpoint per method and rank (seed {seeds[0]}): "
+            "the mean number, per adapted matrix, of left singular vectors of W0 + dW whose largest |cosine| with "
+            f"W0's left singular vectors is below eps (x axis), among the top {first['top_k']} singular vectors "
+            f"(left) and among all of them (right).{heads} {colours}")
+    if landscapes:
+        r0 = next(iter(landscapes.values()))
+        if r0["one_d"]:
+            caps["landscapes.png"] = (
+                f"{r0['split'].capitalize()} loss (cross-entropy on {r0['samples']} examples) along d1 through the "
+                f"trained weights, one curve per method (its lowest seed and rank). {colours}")
+        else:
+            if r0["dirs"] == "pca":
+                dirs = ("the top two principal directions of each checkpoint's training trajectory (axis labels: their "
+                        "share of its variance); red: the training path projected onto the plane")
+            else:
+                dirs = (f"two filter-normalized Gaussian random directions (Li et al. 2018) in the {r0['space']} "
+                        f"parameter space, seed {r0.get('seed', 0)}")
+            caps["landscapes.png"] = (
+                f"{r0['split'].capitalize()} loss (cross-entropy on {r0['samples']} examples) on the plane "
+                f"theta* + a d1 + b d2 around the trained weights theta* (white star), a and b in "
+                f"[-{r0['range']:g}, {r0['range']:g}] (x and y axes), for one checkpoint per method (its lowest seed "
+                f"and rank); d1 and d2 are {dirs}. One log colour scale for all panels (colour bar); white lines are "
+                f"contours. Titles give the sharpness, the largest loss increase within radius rho = "
+                f"{r0['sharpness']['rho']:g} of the centre; each frame has its method's colour.")
+    return caps
 
 
 def write_comparison(result: dict, out: Path, title: str) -> None:
-    """The report folder: README.md, results.json and the figures."""
+    """The report folder: README.md, results.json and the figures, each with a caption."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps(finite_json(result), indent=1, allow_nan=False))
+    write_json(out / "results.json", result)
+    written = ["methods.png"]
     plots.save(plots.method_figure(result), str(out / "methods.png"))
     for gap in ("gap_01", "gap_ce"):
-        fig = plots.measure_scatter_figure(result, gap)
+        fig = plots.measure_scatter_figure(result, gap, show_tau=len(result["rows"]) >= TAU_MIN_CHECKPOINTS)
         if fig is not None:
             plots.save(fig, str(out / f"measures-{gap}.png"))
+            written.append(f"measures-{gap}.png")
     spectra = {}
-    for r in result["rows"]:
+    first_seed = min(x["seed"] for x in result["rows"])
+    for r in sorted(result["rows"], key=lambda r: (plots.method_sort_key(r["method"]), r["rank"])):
         path = Path(r["checkpoint"]) / "analysis" / "spectrum.json"
-        if path.is_file() and r["seed"] == min(x["seed"] for x in result["rows"]):
+        if path.is_file() and r["seed"] == first_seed:
             data = json.loads(path.read_text())
             if "intruders" in data:
                 spectra[Path(r["checkpoint"]).name] = data
     if spectra:
         plots.save(plots.intruder_figure(spectra), str(out / "intruders.png"))
+        written.append("intruders.png")
     landscapes = landscapes_of(result["rows"])
     if landscapes:
         plots.save(plots.landscape_figure(landscapes, columns=4), str(out / "landscapes.png"))
-    text = render_report(result, title)
-    figures = [p.name for p in sorted(out.glob("*.png"))]
-    text += "\n## Figures\n\n" + "\n".join(f"![{f}]({f})" for f in figures) + "\n"
+        written.append("landscapes.png")
+    captions = figure_captions(result, spectra, landscapes)
+    text = render_report(result, title) + "\n## Figures\n"
+    for i, f in enumerate(written, 1):
+        text += f"\n![{f}]({f})\n\n**Figure {i}.** {captions[f]}\n"
     atomic_write_text(out / "README.md", text)
-    print(f"wrote {out}/README.md, results.json and {len(figures)} figures ({len(result['rows'])} checkpoints)")
+    print(f"wrote {out}/README.md, results.json and {len(written)} figures ({len(result['rows'])} checkpoints)")

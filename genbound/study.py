@@ -20,9 +20,7 @@ from typing import Any
 
 from . import checkpoint
 from .errors import GenboundError
-from .files import finite_json, write_json
-
-__all__ = ["Study", "compare", "finite_json", "grid", "load_study", "run_study"]
+from .files import write_json
 
 ANALYSES = ("compute", "spectrum", "hessian", "landscape")
 
@@ -370,7 +368,11 @@ def row_of(ckpt: Path) -> dict:
                "peak_gpu_memory_bytes")}
     analyses = {n: json.loads((ckpt / "analysis" / f"{n}.json").read_text())
                 for n in ANALYSES if (ckpt / "analysis" / f"{n}.json").is_file()}
-    row["majority_err"] = analyses.get("compute", {}).get("majority_err")
+    comp = analyses.get("compute", {})
+    row["majority_err"] = comp.get("majority_err")  # the trivial classifier's test error
+    row["loss"] = comp.get("loss")  # the loss the paper's bound speaks of, and the largest gap it can have
+    row["loss_range"] = (1.0 if comp.get("loss") == "01" else 2 * comp["sigma"]
+                         if comp.get("loss") == "ce" and (comp.get("options") or {}).get("sigma") is None else None)
     for name, (source, get, _) in MEASURES.items():
         try:
             row[name] = get(analyses[source]) if source in analyses else None
