@@ -110,15 +110,17 @@ def _probe(folder: Path, what: str) -> None:
         raise GenboundError(f"{what}: cannot write in {folder} ({err.strerror or err})") from None
 
 
-def check_folder_writable(path: str | Path, what: str) -> None:
-    """``path`` is (or can become) a folder genbound may write into; else one line naming ``what`` (the flag)."""
+def check_folder_writable(path: str | Path, what: str, given: str | Path | None = None) -> None:
+    """``path`` is (or can become) a folder genbound may write into; else one line naming ``what`` (the flag)
+    and ``given`` (what the user wrote, default ``path``)."""
     path = Path(path)
+    label = f"{what} {given if given is not None else path}"
     if path.exists() and not path.is_dir():
-        raise GenboundError(f"{what} {path}: a file is in the way (want a folder)")
+        raise GenboundError(f"{label}: {path} is a file in the way (want a folder)")
     base = _nearest_existing(path)
     if not base.is_dir():
-        raise GenboundError(f"{what} {path}: {base} is a file, not a folder")
-    _probe(base, f"{what} {path}")
+        raise GenboundError(f"{label}: {base} is a file, not a folder")
+    _probe(base, label)
 
 
 def check_file_writable(path: str | Path, what: str) -> None:
@@ -126,4 +128,4 @@ def check_file_writable(path: str | Path, what: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise GenboundError(f"{what} {path}: is a folder (want a file name)")
-    check_folder_writable(path.parent if str(path.parent) else Path("."), what)
+    check_folder_writable(path.parent, what, given=path)
