@@ -51,7 +51,7 @@ def add_output_options(ap: argparse.ArgumentParser, name: str) -> None:
 
 
 def setup_device(args: argparse.Namespace) -> torch.device:
-    from genbound.train import pick_device
+    from genbound.runtime import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -154,7 +154,7 @@ def cmd_compute(args: argparse.Namespace) -> None:
 def load_for_analysis(ckpt: str, args: argparse.Namespace):
     """The checkpoint (or PEFT folder, imported) loaded for an analysis, with --base and --data applied."""
     from .checkpoint import load
-    from .train import pick_device
+    from .runtime import pick_device
 
     path, is_peft = resolve_ckpt(ckpt, args)
     return load(path, device=pick_device(args.device), base=args.base, data=None if is_peft else args.data)

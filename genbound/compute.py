@@ -18,7 +18,7 @@ from .checkpoint import Loaded
 from .errors import CheckpointError, GenboundError
 from .layers import AdapterLinear
 from .spectra import spectral_norm, update_singular_values
-from .train import predict
+from .runtime import predict
 
 SCHEMA = "genbound.compute/1"
 

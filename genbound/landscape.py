@@ -54,14 +54,13 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from .checkpoint import TRAJECTORY, Loaded, read_manifest, verify_file
 from .errors import CheckpointError, GenboundError
 from .layers import AdapterLinear, LowRank, adapter_layers
-from .methods import COLUMNS, generator
-from .models import logits_of
-from .train import batch_of
+from .methods import COLUMNS
+from .runtime import batch_of, generator, logits, logits_with
 
 SCHEMA = "genbound.landscape/1"
 SPACES, DIRS = ("trainable", "delta", "all"), ("random", "pca")
@@ -354,13 +353,8 @@ def point_params(base: dict, dirs: list[dict], coef: torch.Tensor) -> dict[str, 
 
 
 def _per_example(model: nn.Module, params: dict, batch: dict, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = logits_of_params(model, params, batch).float()
-    return F.cross_entropy(logits, y, reduction="none"), (logits.argmax(-1) == y)
-
-
-def logits_of_params(model: nn.Module, params: dict, batch: dict) -> torch.Tensor:
-    out = functional_call(model, params, (), batch)
-    return out if isinstance(out, torch.Tensor) else out.logits
+    out = logits_with(model, params, batch).float()
+    return F.cross_entropy(out, y, reduction="none"), (out.argmax(-1) == y)
 
 
 def moving(dirs: list[dict]) -> list[dict]:
@@ -427,9 +421,9 @@ def evaluate_points_loop(space: Space, dirs: list[dict], coefs: torch.Tensor, da
             model.get_parameter(n).copy_(p)
         loss, correct = 0.0, 0
         for batch, y in batches:
-            logits = logits_of(model, batch).float()
-            loss += float(F.cross_entropy(logits, y, reduction="none").double().sum())
-            correct += int((logits.argmax(-1) == y).sum())
+            out = logits(model, batch).float()
+            loss += float(F.cross_entropy(out, y, reduction="none").double().sum())
+            correct += int((out.argmax(-1) == y).sum())
         losses.append(loss / len(data.y))
         accs.append(correct / len(data.y))
     return np.array(losses), np.array(accs)

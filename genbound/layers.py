@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fused import fused_linear
-from .methods import COLUMNS, DENSE, FULL, HEAD, Method, generator
+from .methods import COLUMNS, DENSE, FULL, HEAD, Method
+from .runtime import generator
 
 
 class LowRank(NamedTuple):

@@ -104,12 +104,6 @@ class Backbone:
         return dict(enc)
 
 
-def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits of an MLP (batch {"x"}) or an HF sequence classifier (token batch)."""
-    out = model(**batch)
-    return out if isinstance(out, torch.Tensor) else out.logits
-
-
 def state_sha256(model: nn.Module, exclude: list[str]) -> str:
     """sha256 over names, dtypes, shapes and bytes of every tensor outside ``exclude`` (sorted by name)."""
     h = hashlib.sha256()

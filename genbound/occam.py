@@ -14,7 +14,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from . import bounds, compress
 from .build import Built, adapter_state
@@ -22,7 +21,7 @@ from .checkpoint import Loaded
 from .compress import encode, quantize
 from .compute import losses
 from .layers import link_init
-from .train import batch_of, predict
+from .runtime import batch_of, logits_with, predict
 
 def trained_deltas(loaded: Loaded, init: Built) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """name -> (final value, value before training) for every number training changed. The decoder knows
@@ -114,16 +113,11 @@ def quantization_aware(model: nn.Module, pairs: dict, deltas: dict[str, torch.Te
             levels = {k: kmeans_levels(p, bits) if p.numel() else None for k, p in params.items()}
         idx = torch.randint(len(y), (batch_size,), generator=gen).to(device)
         values = {k: starts[k] + fake_quant(p, bits, scheme, levels[k]) for k, p in params.items()}
-        loss = F.cross_entropy(logits_of_with(model, values, batch_of(inputs, idx)).float(), y[idx])
+        loss = F.cross_entropy(logits_with(model, values, batch_of(inputs, idx)).float(), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
     return {k: p.detach().cpu() for k, p in params.items()}
-
-
-def logits_of_with(model: nn.Module, values: dict[str, torch.Tensor], batch: dict) -> torch.Tensor:
-    out = functional_call(model, values, args=(), kwargs=batch, strict=False)
-    return out if isinstance(out, torch.Tensor) else out.logits
 
 
 def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts) -> dict:

@@ -37,7 +37,8 @@ from .data import load_task
 from .errors import CheckpointError
 from .files import sha256_file
 from .methods import DENSE, get_method
-from .train import TrainConfig, evaluate, model_ref, normalized, pick_device
+from .runtime import evaluate, pick_device
+from .train import TrainConfig, model_ref, normalized
 
 EXPORTABLE = ("lora", "lora_plus", "asym", "cla", "rcla")
 CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "base_model.model."

@@ -135,7 +135,7 @@ def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", load
     path = ckpt / "analysis" / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from .train import pick_device
+    from .runtime import pick_device
 
     loaded = loaded or checkpoint.load(ckpt, device=pick_device(device))
     if name == "compute":
@@ -161,7 +161,7 @@ def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", load
 def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "auto", log=print) -> None:
     """Run each of ``analyses`` (default options) on every checkpoint that lacks its JSON; head-only checkpoints
     get no spectrum (no adapted matrix)."""
-    from .train import pick_device
+    from .runtime import pick_device
 
     unknown = sorted(set(analyses) - set(ANALYSES))
     if unknown:
@@ -318,7 +318,7 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
                 continue
             if (out / "analysis" / f"{name}.json").is_file():
                 continue
-            from .train import pick_device
+            from .runtime import pick_device
 
             start = time.perf_counter()
             loaded = loaded or checkpoint.load(out, device=pick_device(device))

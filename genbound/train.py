@@ -27,8 +27,9 @@ from .errors import NonFinite, TrainingError
 from .files import check_folder_writable
 from .graphs import GraphedStep
 from .layers import next_link, use_fused
-from .methods import get_method, generator
-from .models import logits_of, resolve_ref
+from .methods import get_method
+from .models import resolve_ref
+from .runtime import batch_of, evaluate, generator, logits, pick_device
 
 
 SYNC_EVERY = 16  # steps between host reads of the loss (NaN check, progress bar)
@@ -115,46 +116,9 @@ def normalized(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda, but no CUDA device is available here")
-    return torch.device(name)
-
-
 def model_ref(cfg: TrainConfig) -> dict:
     opts = {"hidden": cfg.hidden} if cfg.model == "mlp" else {"max_length": cfg.max_length}
     return resolve_ref(cfg.model, **opts)
-
-
-def batch_of(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows ``idx`` of every input; token batches are cut to their longest sequence."""
-    out = {k: v[idx] for k, v in inputs.items()}
-    if "attention_mask" in out:
-        length = int(out["attention_mask"].sum(1).max())
-        out = {k: v[:, :length] for k, v in out.items()}
-    return out
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, inputs: dict, n: int, batch_size: int = 256) -> torch.Tensor:
-    """Float32 logits of the first ``n`` examples, in eval mode (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
-    device = next(iter(inputs.values())).device
-    out = [logits_of(model, batch_of(inputs, torch.arange(lo, min(lo + batch_size, n), device=device))).float()
-           for lo in range(0, n, batch_size)]
-    model.train(was_training)
-    return torch.cat(out)
-
-
-def evaluate(model: torch.nn.Module, inputs: dict, y: torch.Tensor, batch_size: int = 256,
-             limit: int | None = None) -> dict[str, float]:
-    """Mean cross-entropy and accuracy in eval mode, float32, over the first ``limit`` examples."""
-    n = len(y) if limit is None else min(limit, len(y))
-    logits = predict(model, inputs, n, batch_size)
-    return {"loss": F.cross_entropy(logits, y[:n]).item(), "acc": int((logits.argmax(-1) == y[:n]).sum()) / n}
 
 
 def make_optimizer(built: Built, cfg: TrainConfig, capturable: bool = False) -> torch.optim.AdamW:
@@ -285,8 +249,8 @@ class _Run:
         amp = self.cfg.amp and self.device.type == "cuda"
         batch = {k: v for k, v in inputs.items() if k != "y"}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=self.graphed is None):
-            logits = logits_of(self.built.model, batch)
-        loss = F.cross_entropy(logits.float(), inputs["y"])
+            out = logits(self.built.model, batch)
+        loss = F.cross_entropy(out.float(), inputs["y"])
         loss.backward()
         if self.cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.clip)

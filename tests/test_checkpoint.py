@@ -8,7 +8,8 @@ from safetensors.torch import load_file, save_file
 
 from genbound import checkpoint, files
 from genbound.errors import CheckpointError
-from genbound.train import TrainConfig, evaluate, pretrain, train
+from genbound.runtime import evaluate
+from genbound.train import TrainConfig, pretrain, train
 
 TINY = dict(data="digits", hidden=[16, 16], rank=4, alpha=8, eval_samples=50, steps=10)
 

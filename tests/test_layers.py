@@ -14,7 +14,8 @@ from torch import nn
 from genbound.build import Built, build
 from genbound.data import load_task
 from genbound.layers import AdapterLinear, next_link
-from genbound.methods import ADAPTER, generator, get_method, method_names
+from genbound.methods import ADAPTER, get_method, method_names
+from genbound.runtime import generator
 from genbound.methods.base import gaussian_a
 from genbound.models import resolve_ref
 from genbound.train import TrainConfig, make_optimizer, reset_link_state

@@ -22,10 +22,13 @@ from genbound import train as train_module
 from genbound.build import Built, build, parameter_counts
 from genbound.data import load_task
 from genbound.errors import MethodError
-from genbound.methods import ADAPTER, generator, get_method, method_names
+from genbound.methods import ADAPTER, get_method, method_names
+from genbound.runtime import generator
 from genbound.methods.base import gaussian_a, kaiming_a
-from genbound.models import logits_of, resolve_ref
-from genbound.train import TrainConfig, evaluate, make_optimizer, train
+from genbound.models import resolve_ref
+from genbound.runtime import logits as logits_of
+from genbound.runtime import evaluate
+from genbound.train import TrainConfig, make_optimizer, train
 
 R, ALPHA, K = 4, 8.0, 3
 HIDDEN = [32, 32]

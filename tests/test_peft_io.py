@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from genbound import checkpoint
 from genbound.build import build
 from genbound.errors import CheckpointError
-from genbound.models import logits_of
+from genbound.runtime import logits as logits_of
 from genbound.peft_io import export_peft, import_peft
 from genbound.train import TrainConfig, train
 

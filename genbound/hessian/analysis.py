@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..checkpoint import Loaded
 from ..errors import GenboundError
-from ..methods import generator
+from ..runtime import generator
 from .estimators import STOPS, WHICH, device_generator, hutchinson, hutchpp, lanczos_top, slq_density
 from .operator import (DTYPES, HVP_MODES, PARAM_SETS, HessianOperator, select_params, training_batches,
                        working_model)

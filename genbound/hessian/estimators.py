@@ -17,7 +17,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from ..errors import GenboundError
-from ..methods import generator
+from ..runtime import generator
 
 
 SLQ_BASIS_BYTES = 4 * 2**30  # SLQ runs as many probes in lockstep as fit their Krylov bases in this (>= 1)

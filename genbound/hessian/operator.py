@@ -44,8 +44,7 @@ from ..build import Built
 from ..checkpoint import Loaded
 from ..errors import GenboundError
 from ..layers import adapter_layers, is_link_tensor
-from ..methods import generator
-from ..train import batch_of
+from ..runtime import batch_of, generator, logits_with
 
 PARAM_SETS = ("trainable", "adapters", "all", "dw")
 HVP_MODES = ("auto", "forward-over-reverse", "double-backward")
@@ -192,8 +191,7 @@ class HessianOperator:
 
     # -- the loss
     def _logits(self, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        out = torch.func.functional_call(self.model, {**self.rest, **params}, args=(), kwargs=batch.inputs)
-        return out if isinstance(out, torch.Tensor) else out.logits
+        return logits_with(self.model, {**self.rest, **params}, batch.inputs)
 
     def batch_loss(self, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         """This batch's share of L: sum_i CE_i / N (so the batch losses add up to the mean over S)."""

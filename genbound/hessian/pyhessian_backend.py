@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import GenboundError
+from ..runtime import logits
 from .operator import Batch, HessianOperator, math_attention
 
 
@@ -40,8 +41,7 @@ class RowsModel(nn.Module):
         batch = self.starts[int(rows[0])]
         if len(batch) != rows.shape[0]:
             raise ValueError("rows do not match a batch of the subsample")
-        out = self.model(**batch.inputs)
-        return out if isinstance(out, torch.Tensor) else out.logits
+        return logits(self.model, batch.inputs)
 
     def loader(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(rows, labels) per batch, as PyHessian's dataloader."""

@@ -8,13 +8,13 @@ merging each into the frozen part before the next starts (THEORY.md section 3, D
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
 import torch
 
 from ..errors import MethodError
+from ..runtime import generator  # noqa: F401  (methods draw their tensors from it)
 
 # link kinds
 DENSE = "dense"  # A is a dense r x m matrix (trainable or frozen)
@@ -23,12 +23,6 @@ COLUMNS = "columns"  # PaCA: r columns of W itself are the trainable numbers
 
 # scopes
 ADAPTER, FULL, HEAD = "adapter", "full", "head"
-
-
-def generator(seed: int, *keys: object) -> torch.Generator:
-    """A CPU generator seeded by the run seed and a stable hash of ``keys`` (e.g. matrix name, link)."""
-    tag = ":".join(str(k) for k in (seed, *keys)).encode()
-    return torch.Generator().manual_seed(zlib.crc32(tag))
 
 
 def kaiming_a(r: int, m: int, gen: torch.Generator) -> torch.Tensor:

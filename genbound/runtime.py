@@ -1,0 +1,77 @@
+"""What training and every analysis share to run a model: the device, seeded generators, batches of an
+encoded split, and the logits of any model family, plain or with substituted tensors (functional_call).
+
+A new model family is taught here once: ``logits`` is the only place that turns a model's output into
+logits (an MLP returns a tensor, an HF sequence classifier an object with ``.logits``).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .errors import TrainingError
+
+
+def generator(seed: int, *keys: object) -> torch.Generator:
+    """A CPU generator seeded by the run seed and a stable hash of ``keys`` (e.g. matrix name, link)."""
+    tag = ":".join(str(k) for k in (seed, *keys)).encode()
+    return torch.Generator().manual_seed(zlib.crc32(tag))
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``; one line when CUDA is asked for and absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda, but no CUDA device is available here")
+    return torch.device(name)
+
+
+def batch_of(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of every input; token batches are cut to their longest sequence."""
+    out = {k: v[idx] for k, v in inputs.items()}
+    if "attention_mask" in out:
+        length = int(out["attention_mask"].sum(1).max())
+        out = {k: v[:, :length] for k, v in out.items()}
+    return out
+
+
+def _logits_of_output(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of an MLP (batch {"x"}) or an HF sequence classifier (a token batch)."""
+    return _logits_of_output(model(**batch))
+
+
+def logits_with(model: nn.Module, tensors: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                strict: bool = False) -> torch.Tensor:
+    """Logits of ``model`` with some of its parameters and buffers replaced by ``tensors`` (by name), through
+    ``torch.func.functional_call``: the model itself is not changed, and vmap/grad/jvp may wrap the call."""
+    return _logits_of_output(functional_call(model, tensors, args=(), kwargs=batch, strict=strict))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: dict, n: int, batch_size: int = 256) -> torch.Tensor:
+    """Float32 logits of the first ``n`` examples, in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    device = next(iter(inputs.values())).device
+    out = [logits(model, batch_of(inputs, torch.arange(lo, min(lo + batch_size, n), device=device))).float()
+           for lo in range(0, n, batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, inputs: dict, y: torch.Tensor, batch_size: int = 256,
+             limit: int | None = None) -> dict[str, float]:
+    """Mean cross-entropy and accuracy in eval mode, float32, over the first ``limit`` examples."""
+    n = len(y) if limit is None else min(limit, len(y))
+    out = predict(model, inputs, n, batch_size)
+    return {"loss": F.cross_entropy(out, y[:n]).item(), "acc": int((out.argmax(-1) == y[:n]).sum()) / n}
