@@ -96,7 +96,7 @@ def prepare(base, variant: str, device: torch.device):
             k = K if method.chain else 1
             attach(model, method, names, R, ALPHA, k, seed=0)
             for link in range(1, k):
-                next_link(model, link, k, seed=0)
+                next_link(model, link)
         set_trainable(model, method, ["classifier"])
         for layer in adapter_layers(model).values():
             layer.fused = path != "ref"

@@ -12,11 +12,9 @@ from torch import nn
 
 from .data import Task
 from .errors import CheckpointError, MethodError
-from .layers import AdapterLinear, adapter_layers, attach, match_targets, set_trainable
-from .methods import ADAPTER, FULL, Method, get_method
+from .layers import AdapterLinear, adapter_layers, attach, match_targets, set_trainable, stored_tensors
+from .methods import ADAPTER, Method, get_method
 from .models import Backbone, load_backbone
-
-ADAPTER_TENSORS = ("lora_A", "lora_B", "columns", "idx", "frozen_A", "frozen_B", "frozen_idx")
 
 
 @dataclass
@@ -55,11 +53,7 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every trained tensor, plus the adapters' frozen parts that a base model cannot rebuild
     (frozen random A, selector indices, finished chain links). Never the frozen base weights."""
     out = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    for name, layer in adapter_layers(model).items():
-        for key in ADAPTER_TENSORS:
-            t = getattr(layer, key, None)
-            if t is not None:
-                out[f"{name}.{key}"] = t
+    out.update(stored_tensors(model))
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
@@ -92,16 +86,7 @@ def assign_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str
 
 
 def parameter_counts(built: Built) -> dict[str, int]:
-    """THEORY.md section 3: ``paper`` = adapter matrices only (k links counted), ``full`` = every scalar
+    """docs/theory.md section 3: ``paper`` = adapter numbers only (k links counted), ``full`` = every number
     that training changed (adapters over all links, the head, and for full fine-tuning every weight)."""
-    model, spec = built.model, built.method
-    head = sum(p.numel() for n, p in model.named_parameters()
-               if any(n == h or n.startswith(h + ".") for h in built.backbone.head))
-    if spec.scope == FULL:
-        total = sum(p.numel() for p in model.parameters())
-        return {"paper": total, "full": total, "head": head}
-    if spec.scope != ADAPTER:
-        return {"paper": head, "full": head, "head": head}
-    paper = sum(spec.stored_per_matrix(la.out_features, la.in_features, built.rank, built.chain)
-                for la in built.layers.values())
-    return {"paper": paper, "full": paper + head, "head": head}
+    return built.method.layout.counts(built.model, built.backbone.head, built.layers, built.rank,
+                                      built.method.links(built.chain))

@@ -116,7 +116,10 @@ def save(out: Path, *, cfg: dict, built: Built, task: Task, ref: dict, metrics: 
     sha256 of every weight file and the fingerprints of the task's splits."""
     finite_metrics(metrics)
     atomic_save_tensors(adapter_state(built.model), out / ADAPTER)
-    layers = built.layers
+    layers, layout = built.layers, built.method.layout
+    # the fused path where the layout has one and training asked for it, else the reference path
+    fused = layout.fused_path and cfg.get("fused", True)
+    training_path = ("fused (genbound/fused.py)" if fused else "reference") if layers else "plain (no adapter layer)"
     manifest = {
         "format": "genbound-checkpoint", "format_version": FORMAT_VERSION, "genbound_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -127,8 +130,8 @@ def save(out: Path, *, cfg: dict, built: Built, task: Task, ref: dict, metrics: 
         "method": {"name": built.method.name, "title": built.method.title, "scope": built.method.scope,
                    "rank": built.rank, "alpha": built.alpha, "chain_k": built.chain,
                    "scale": next(iter(layers.values())).scale if layers else None,
-                   "link": built.method.link, "train_a": built.method.train_a, "targets": built.targets,
-                   "selectors": "stored in adapter.safetensors as <target>.idx / .frozen_idx"},
+                   "link": layout.kind, "targets": built.targets, "trainable": list(getattr(layout, "trainable", ())),
+                   "stored": list(getattr(layout, "stored", ())), "training_path": training_path},
         "matrices": [{"name": n, "n": la.out_features, "m": la.in_features} for n, la in layers.items()],
         "dtype": str(next(built.model.parameters()).dtype).replace("torch.", ""),
         "params": counts, "config": cfg, "metrics": metrics, "timing": timing, "files": weight_files(out),

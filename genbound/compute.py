@@ -17,7 +17,7 @@ from .build import Built, parameter_counts
 from .checkpoint import Loaded
 from .errors import CheckpointError, GenboundError
 from .layers import AdapterLinear
-from .spectra import spectral_norm, update_singular_values
+from .update import spectral_norm
 from .runtime import predict
 
 SCHEMA = "genbound.compute/1"
@@ -120,7 +120,7 @@ def matrix_norms(loaded: Loaded, init: Built) -> list[dict]:
         last, use_b = i == len(names) - 1, mlp
         if isinstance(mod, AdapterLinear):
             w0 = _augment(mod.weight, mod.bias if use_b else None, last)
-            norm_dw = float(update_singular_values(mod)[0]) if mod.r else 0.0
+            norm_dw = float(mod.update().singular_values()[0]) if mod.r else 0.0
         else:
             w0 = _augment(start.weight, start.bias if use_b else None, last)
             dw = _augment(mod.weight - start.weight.to(mod.weight.device),

@@ -1,4 +1,4 @@
-"""The training fast path of AdapterLinear: one matrix product with the merged weight.
+"""The training fast path of the low-rank and column layouts: one matrix product with the merged weight.
 
     y = x (W0 + dW)^T + b,    dW = s * sum_t B_t A_t    (selectors: dW[:, idx_t] += s * B_t)
 
@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .update import Update, merged
+
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a plain nn.Linear would compute in here: autocast's when it is on for x's device."""
@@ -30,49 +32,42 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def merged_weight(weight, B, A, idx, Bf, Af, idxf, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """W0 + s (Bf Af + B A) (or the selector form) summed in float32 (float64 for a float64 W0),
-    rounded once to ``dtype``."""
-    acc = torch.promote_types(weight.dtype, torch.float32)
-    W = weight.detach().to(acc, copy=True)
-    for b, a, i in ((Bf, Af, idxf), (B, A, idx)):
-        if b.shape[1] == 0:
-            continue
-        if a is not None:
-            W.addmm_(b.detach().to(acc), a.detach().to(acc), alpha=scale)
-        else:
-            W.index_add_(1, i, b.detach().to(acc), alpha=scale)
-    return W.to(dtype)
+def merged_weight(weight: torch.Tensor, parts: list[Update], dtype: torch.dtype) -> torch.Tensor:
+    """W0 + dW with the frozen links first, then the trainable one (update.merged: one rounding)."""
+    return merged(weight, parts, dtype)
 
 
-class FusedAdapterLinear(torch.autograd.Function):
-    """(x, W0, b, B, A | None, idx | None, Bf, Af | None, idxf | None, s, dtype) -> y; see the module docstring."""
+class FusedLowRank(torch.autograd.Function):
+    """(x, W0, b, B, A | None, idx | None, frozen: Update, s, dtype) -> y = x (W0 + frozen + s B A)^T + b
+    (selectors: s B on the columns idx); see the module docstring."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, B, A, idx, Bf, Af, idxf, scale, dtype):
+    def forward(ctx, x, weight, bias, B, A, idx, frozen, scale, dtype):
+        current = Update.factors(B, A, scale) if A is not None else Update.columns(B, idx, weight.shape[1], scale)
         with torch.autocast(x.device.type, enabled=False):
             xc = x.to(dtype)
-            W = merged_weight(weight, B, A, idx, Bf, Af, idxf, scale, dtype)
+            W = merged_weight(weight, [frozen, current], dtype)
             y = F.linear(xc, W, None if bias is None else bias.to(dtype))
             need_b, need_a = ctx.needs_input_grad[3], A is not None and ctx.needs_input_grad[4]
             proj = None
             if need_b:
                 proj = xc.index_select(-1, idx) if A is None else F.linear(xc, A.detach().to(dtype))
         keep = ctx.needs_input_grad[0] and weight.dtype != dtype  # see the module docstring
-        ctx.scale, ctx.dtype, ctx.x_dtype, ctx.has_bias = scale, dtype, x.dtype, bias is not None
-        ctx.save_for_backward(xc if need_a else None, proj, W if keep else None, weight, B, A, idx, Bf, Af, idxf)
+        ctx.scale, ctx.dtype, ctx.x_dtype, ctx.has_bias, ctx.frozen = scale, dtype, x.dtype, bias is not None, frozen
+        ctx.save_for_backward(xc if need_a else None, proj, W if keep else None, weight, B, A, idx)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        xc, proj, W, weight, B, A, idx, Bf, Af, idxf = ctx.saved_tensors
+        xc, proj, W, weight, B, A, idx = ctx.saved_tensors
         s, dtype = ctx.scale, ctx.dtype
-        grads = [None] * 11
+        grads = [None] * 9
         with torch.autocast(gy.device.type, enabled=False):
             gy = gy.to(dtype)
             if ctx.needs_input_grad[0]:
                 if W is None:
-                    W = merged_weight(weight, B, A, idx, Bf, Af, idxf, s, dtype)
+                    current = Update.factors(B, A, s) if A is not None else Update.columns(B, idx, weight.shape[1], s)
+                    W = merged_weight(weight, [ctx.frozen, current], dtype)
                 grads[0] = (gy @ W).to(ctx.x_dtype)
             g2 = gy.reshape(-1, gy.shape[-1])
             if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -85,11 +80,8 @@ class FusedAdapterLinear(torch.autograd.Function):
         return tuple(grads)
 
 
-def fused_linear(layer, x: torch.Tensor) -> torch.Tensor:
-    """AdapterLinear's forward through FusedAdapterLinear (same math as the reference path)."""
-    dense = layer.dense_link
-    return FusedAdapterLinear.apply(
-        x, layer.weight, layer.bias, layer.link_B(),
-        layer.lora_A if dense else None, None if dense else layer.idx,
-        layer.frozen_B, layer.frozen_A if dense else None, None if dense else layer.frozen_idx,
-        layer.scale, compute_dtype(x))
+def fused_lowrank(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, B: torch.Tensor,
+                  A: torch.Tensor | None, idx: torch.Tensor | None, frozen: Update, scale: float) -> torch.Tensor:
+    """y = x (W0 + frozen + s B A)^T + b through FusedLowRank (the same math as the layouts' reference paths);
+    A is None for a column update on ``idx``."""
+    return FusedLowRank.apply(x, weight, bias, B, A, idx, frozen, scale, compute_dtype(x))

@@ -58,8 +58,7 @@ from torch.func import vmap
 
 from .checkpoint import TRAJECTORY, Loaded, read_manifest, verify_file
 from .errors import CheckpointError, GenboundError
-from .layers import AdapterLinear, LowRank, adapter_layers
-from .methods import COLUMNS
+from .layers import adapter_layers
 from .runtime import batch_of, generator, logits, logits_with
 
 SCHEMA = "genbound.landscape/1"
@@ -185,26 +184,6 @@ def read_trajectory(ckpt: str | Path) -> list[Snapshot]:
     return sorted(out, key=lambda s: s.step)
 
 
-def _delta_at(layer: AdapterLinear, prefix: str, tensors: dict[str, torch.Tensor], link: int) -> torch.Tensor:
-    """dW of ``layer`` when link ``link`` held the snapshot's tensors: the finished links are the first
-    link * r factors of the final frozen ones; a frozen A or selector of link t is stored there too."""
-    r, last, dev = layer.r, layer.n_links - 1, layer.frozen_B.device
-    if link > last:
-        raise CheckpointError(f"a snapshot of link {link}, but {prefix.rstrip('.')} has {last + 1} links")
-    get = lambda key: tensors[prefix + key].to(dev)
-    fB = layer.frozen_B[:, :link * r]
-    if layer.method.link == COLUMNS:
-        return layer.scale * LowRank(get("columns") - layer.w0_cols, None, layer.idx).dense(layer.in_features)
-    if layer.dense_link:
-        a = tensors.get(prefix + "lora_A")
-        a = (layer.lora_A if link == last else layer.frozen_A[link * r:(link + 1) * r]) if a is None else a.to(dev)
-        f = LowRank(torch.cat([fB, get("lora_B")], 1), torch.cat([layer.frozen_A[:link * r], a.detach()]), None)
-    else:
-        idx = layer.idx if link == last else layer.frozen_idx[link * r:(link + 1) * r]
-        f = LowRank(torch.cat([fB, get("lora_B")], 1), None, torch.cat([layer.frozen_idx[:link * r], idx]))
-    return layer.scale * f.dense(layer.in_features)
-
-
 def snapshot_coords(space: Space, loaded: Loaded, snap: Snapshot) -> dict[str, torch.Tensor]:
     """A snapshot in the space's coordinates, for the tensors it determines (in all space the frozen ones,
     which it does not hold, are at the centre and left out)."""
@@ -213,7 +192,9 @@ def snapshot_coords(space: Space, loaded: Loaded, snap: Snapshot) -> dict[str, t
     for n, centre in space.coords.items():
         owner = n[: -len(".weight")]
         if owner in space.adapted:
-            out[n] = _delta_at(layers[owner], owner + ".", snap.tensors, snap.link).to(centre.dtype)
+            layer, prefix = layers[owner], owner + "."
+            mine = {k[len(prefix):]: t for k, t in snap.tensors.items() if k.startswith(prefix)}
+            out[n] = layer.layout.update_from(layer, mine, snap.link).to_dense().to(centre.dtype)
         elif n in snap.tensors:
             out[n] = snap.tensors[n].to(centre.device, centre.dtype)
         elif space.name != "all":

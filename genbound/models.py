@@ -104,6 +104,12 @@ class Backbone:
         return dict(enc)
 
 
+def layer_kind(name: str) -> str:
+    """The layer type of a module name: its last part (query, value), or hidden for hidden.N."""
+    leaf = name.rpartition(".")[2]
+    return name.rpartition(".")[0].rpartition(".")[2] if leaf.isdigit() else leaf
+
+
 def state_sha256(model: nn.Module, exclude: list[str]) -> str:
     """sha256 over names, dtypes, shapes and bytes of every tensor outside ``exclude`` (sorted by name)."""
     h = hashlib.sha256()

@@ -20,30 +20,22 @@ from .build import Built, adapter_state
 from .checkpoint import Loaded
 from .compress import encode, quantize
 from .compute import losses
-from .layers import link_init
 from .runtime import batch_of, logits_with, predict
 
+
 def trained_deltas(loaded: Loaded, init: Built) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """name -> (final value, value before training) for every number training changed. The decoder knows
-    the initial values: B = 0, A and the head from the seed, W0 from the base."""
-    method, built = loaded.built.method, loaded.built
-    layers = built.layers
+    """name -> (final value, value before training) for every number training changed. The decoder knows the
+    initial values: what each adapter layout says (B = 0, A from the seed, PaCA's columns from W0, ...), and the
+    initial model's tensors elsewhere (the head from the seed, W0 from the base)."""
+    layers = loaded.built.layers
     init_state = init.model.state_dict()
     out = {}
     for name, final in adapter_state(loaded.model).items():
         owner, _, leaf = name.rpartition(".")
-        if leaf in ("idx", "frozen_idx") or (leaf in ("lora_A", "frozen_A") and not method.train_a):
-            continue
-        layer = layers.get(owner)
-        if leaf in ("lora_B", "frozen_B"):
-            start = torch.zeros_like(final)
-        elif leaf == "columns":
-            start = layer.w0_cols
-        elif leaf in ("lora_A", "frozen_A"):
-            links = range(layer.n_links - 1, layer.n_links) if leaf == "lora_A" else range(layer.n_links - 1)
-            draws = [link_init(method, owner, layer.out_features, layer.in_features, layer.r, built.chain, t,
-                               loaded.manifest["seed"])["a"] for t in links]
-            start = torch.cat(draws, 0) if draws else torch.zeros_like(final)
+        if owner in layers and leaf in layers[owner].layout.stored:
+            start = layers[owner].layout.decoder_start(layers[owner], leaf)
+            if start is None:
+                continue  # fixed by the seed: costs nothing but the seed's bits
         else:
             start = init_state[name]
         out[name] = (final.detach().float().cpu().clone(), start.detach().float().cpu().clone())  # no aliasing

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .spectra import layer_kind  # noqa: E402
+from .models import layer_kind  # noqa: E402
 
 # One fixed colour per method, in every figure. Hand-picked: related methods share a hue family and differ
 # in lightness (lora / lora_plus blues; cola / rac greens, the chain methods; cla / rcla reds, the sparse

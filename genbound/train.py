@@ -125,10 +125,12 @@ def make_optimizer(built: Built, cfg: TrainConfig, capturable: bool = False) -> 
     """AdamW with one group per role; LoRA+ gives B ``lr_ratio`` times A's learning rate. ``capturable``:
     learning rates as device tensors and a capturable step, for CUDA-graph replay."""
     ratio = built.method.lr_ratio if cfg.lr_ratio is None else cfg.lr_ratio
+    layers = built.layers
+    fast = {id(getattr(layer, leaf)) for layer in layers.values() for leaf in layer.layout.fast}
     groups: dict[str, list] = {"B": [], "rest": []}
-    for name, p in built.model.named_parameters():
+    for p in built.model.parameters():
         if p.requires_grad:
-            groups["B" if name.endswith(("lora_B", "columns")) else "rest"].append(p)
+            groups["B" if id(p) in fast else "rest"].append(p)
     spec = [{"params": groups["rest"], "lr": cfg.lr, "name": "rest"},
             {"params": groups["B"], "lr": cfg.lr * ratio, "name": "B"}]
     params = [p for g in spec for p in g["params"]]
@@ -223,7 +225,7 @@ class _Run:
         cfg = self.cfg
         if self.step in self.boundaries:
             self.link += 1
-            next_link(self.built.model, self.link, cfg.chain, cfg.seed)
+            next_link(self.built.model, self.link)
             reset_link_state(self.opt, self.built)
             if self.graphed is not None:
                 self.graphed.reset()

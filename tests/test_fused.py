@@ -35,7 +35,7 @@ def built_with_links(task, method: str, dtype=torch.float64):
     gen = torch.Generator().manual_seed(1)
     for link in range(chain):
         if link:
-            next_link(built.model, link, chain, 0)
+            next_link(built.model, link)
         with torch.no_grad():
             for layer in adapter_layers(built.model).values():
                 for p in layer.parameters(recurse=False):
@@ -88,11 +88,11 @@ def test_fused_under_bf16_autocast_is_as_close_as_the_reference(digits, method):
 
 @pytest.mark.parametrize("method", ["lora", "cla", "c3la", "paca"])
 def test_training_uses_the_fused_path_and_reloads_to_the_same_outputs(tmp_path, method, one_thread, monkeypatch):
-    import genbound.layers as layers_mod
+    from genbound.fused import FusedLowRank
 
     calls = []
-    real = layers_mod.fused_linear
-    monkeypatch.setattr(layers_mod, "fused_linear", lambda layer, x: calls.append(1) or real(layer, x))
+    real = FusedLowRank.apply
+    monkeypatch.setattr(FusedLowRank, "apply", lambda *a: calls.append(1) or real(*a))
     chain = K if get_method(method).chain else 1
     cfg = TrainConfig(model="mlp", data="digits", method=method, rank=R, chain=chain, steps=12,
                       batch_size=32, hidden=[32, 32], eval_samples=64)

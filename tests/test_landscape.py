@@ -307,7 +307,7 @@ def test_snapshots_map_to_the_update_of_the_chain_at_that_step(ckpts, loaded, na
         init = checkpoint.build_from_manifest(ld.manifest, ld.task)
         for link in range(snap.link + 1):
             if link:
-                next_link(init.model, link, k, seed)
+                next_link(init.model, link)
             src = end_of[link] if link < snap.link else snap
             with torch.no_grad():
                 for n, p in init.model.named_parameters():

@@ -77,7 +77,7 @@ def test_delta_weight_is_the_update_and_merges(digits, method: str) -> None:
     gen = torch.Generator().manual_seed(1)
     for link in range(k):
         if link:
-            next_link(built.model, link, k, seed=0)
+            next_link(built.model, link)
         for layer in built.layers.values():
             perturb(layer, gen)
     x = torch.randn(16, 64, generator=gen, dtype=torch.float64)
@@ -159,11 +159,11 @@ def test_next_link_merges_restarts_and_resets_optimizer(digits, method: str) -> 
     x = digits.test.x[:64].double()
     for link in range(1, K):
         adam_steps(built, opt, data)
-        old = {n: (la.link_B().clone(), la.lora_A.clone() if la.dense_link else la.idx.clone())
+        old = {n: (la.link_B().clone(), la.lora_A.clone() if hasattr(la, "lora_A") else la.idx.clone())
                for n, la in layers.items()}
         frozen_before = {n: la.frozen_B.clone() for n, la in layers.items()}
         before = model(x)
-        next_link(model, link, K, seed=0)
+        next_link(model, link)
         torch.testing.assert_close(model(x), before, rtol=0.0, atol=1e-12)
         for name, layer in layers.items():
             b_old, a_old = old[name]
@@ -171,9 +171,9 @@ def test_next_link_merges_restarts_and_resets_optimizer(digits, method: str) -> 
             assert layer.frozen_B.shape == (layer.out_features, link * R)
             assert torch.equal(layer.frozen_B, torch.cat([frozen_before[name], b_old], 1))
             assert torch.equal(layer.lora_B, torch.zeros_like(layer.lora_B))
-            frozen_a = layer.frozen_A if layer.dense_link else layer.frozen_idx
+            frozen_a = layer.frozen_A if hasattr(layer, "lora_A") else layer.frozen_idx
             assert frozen_a.shape[0] == link * R and torch.equal(frozen_a[-R:], a_old)
-            current = layer.lora_A if layer.dense_link else layer.idx
+            current = layer.lora_A if hasattr(layer, "lora_A") else layer.idx
             assert not torch.equal(current, a_old)  # a fresh A / the next window
         head_w = model.head.weight
         head_state = {key: v.clone() for key, v in opt.state[head_w].items()}
@@ -195,7 +195,7 @@ def test_frozen_random_a_never_trains(digits, method: str) -> None:
     k = K if built.method.chain else 1
     for link in range(k):
         if link:
-            next_link(built.model, link, k, seed=0)
+            next_link(built.model, link)
             reset_link_state(opt, built)
         adam_steps(built, opt, batches(digits, 3))
         for name, layer in built.layers.items():
@@ -210,8 +210,8 @@ def test_frozen_random_a_never_trains(digits, method: str) -> None:
 def test_adapter_linear_shares_the_frozen_base() -> None:
     """W0 and b are the base layer's own tensors (not copies); a selector stores long indices, no A."""
     base = nn.Linear(6, 5)
-    layer = AdapterLinear(base, get_method("lora"), 2, 4.0, a=torch.randn(2, 6))
+    layer = AdapterLinear(base, get_method("lora"), 2, 4.0, name="q", seed=0)
     assert layer.weight is base.weight and layer.bias is base.bias
     assert layer.scale == 2.0  # s = alpha / r
-    sel = AdapterLinear(nn.Linear(6, 5), get_method("cla"), 2, 4.0, idx=torch.tensor([0, 1]))
-    assert sel.idx.dtype == torch.long and not hasattr(sel, "lora_A")
+    sel = AdapterLinear(nn.Linear(6, 5), get_method("cla"), 2, 4.0, name="q", seed=0)
+    assert sel.idx.dtype == torch.long and torch.equal(sel.idx, torch.tensor([0, 1])) and not hasattr(sel, "lora_A")

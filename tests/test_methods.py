@@ -205,7 +205,7 @@ def test_chain_run_merges_every_link(trained, method: str) -> None:
         frozen_b = t[f"{name}.frozen_B"]
         assert frozen_b.shape == (n, (K - 1) * R)
         assert all(b.abs().max() > 0 for b in [*frozen_b.split(R, 1), t[f"{name}.lora_B"]])  # each link trained
-        if get_method(method).link == "dense":
+        if get_method(method).layout.kind == "dense":
             assert t[f"{name}.frozen_A"].shape == ((K - 1) * R, m)
             links = [*t[f"{name}.frozen_A"].split(R), t[f"{name}.lora_A"]]
             init = gaussian_a if method == "rac" else kaiming_a
@@ -227,7 +227,7 @@ def test_rc3la_windows_depend_on_the_seed(digits) -> None:
     def windows(seed: int) -> dict[str, list[int]]:
         built = build_mlp(digits, "rc3la", seed=seed)
         for link in range(1, K):
-            train_module.next_link(built.model, link, K, seed)
+            train_module.next_link(built.model, link)
         return {n: torch.cat([la.frozen_idx, la.idx]).tolist() for n, la in built.layers.items()}
 
     assert windows(0) == windows(0) and windows(0) != windows(1)
@@ -287,7 +287,7 @@ def test_rank_zero_is_refused(digits, method: str) -> None:
 def test_rank_beyond_the_matrix_is_refused(digits, method: str) -> None:
     """Selectors need k*r <= m columns (hidden.1 has m = 32); a dense link needs r <= min(n, m) (hidden.0 is
     32 x 64), per link: a chain's k*r may exceed it."""
-    dense = get_method(method).link == "dense"
+    dense = get_method(method).layout.kind == "dense"
     largest = 32 if dense else 32 // chain_of(method)
     build_mlp(digits, method, rank=largest)  # the largest possible rank builds
     if dense:

@@ -12,8 +12,8 @@ from genbound.cli import main
 from genbound.data import load_task
 from genbound.layers import next_link
 from genbound.methods import ADAPTER, get_method, method_names
-from genbound.spectra import (EPS_GRID, SvdCache, Update, batched_singular_values, intruder_counts,
-                              spectrum, spectrum_stats, update_singular_values, updates)
+from genbound.spectra import EPS_GRID, SvdCache, intruder_counts, spectrum, updates
+from genbound.update import batched_singular_values, spectrum_stats
 from genbound.train import TrainConfig, train
 
 ADAPTERS = [m for m in method_names() if get_method(m).scope == ADAPTER]
@@ -26,7 +26,7 @@ def perturbed(method: str, chain: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed + 1)
     for link in range(chain):
         if link:
-            next_link(built.model, link, chain, seed)
+            next_link(built.model, link)
         with torch.no_grad():
             for layer in built.layers.values():
                 for p in layer.parameters(recurse=False):
@@ -40,10 +40,10 @@ def test_singular_values_from_factors_equal_the_dense_svd(method):
     chain = 3 if get_method(method).chain else 1
     built = perturbed(method, chain)
     layers = list(built.layers.values())
-    batched = batched_singular_values([Update(n, la.weight, factors=la.factors()) for n, la in built.layers.items()])
+    batched = batched_singular_values([la.update() for la in layers])
     for layer, sv_batched in zip(layers, batched):
         dense = torch.linalg.svdvals(layer.delta_weight().detach().double())
-        for sv in (update_singular_values(layer), sv_batched):
+        for sv in (layer.update().singular_values(), sv_batched):
             k = min(len(sv), len(dense))
             assert len(sv) <= chain * layer.r
             torch.testing.assert_close(sv[:k], dense[:k], rtol=1e-8, atol=1e-10 * float(dense[0]))
@@ -57,8 +57,8 @@ def test_dense_updates_and_full_fine_tuning():
     with torch.no_grad():
         tuned.hidden[1].weight.add_(torch.randn(20, 24))
     ups = updates(tuned, init, ["hidden.0", "hidden.1"])
-    assert float(ups[0].singular_values().max()) == 0.0
-    torch.testing.assert_close(batched_singular_values(ups)[1],
+    assert float(ups[0].update.singular_values().max()) == 0.0
+    torch.testing.assert_close(batched_singular_values([u.update for u in ups])[1],
                                torch.linalg.svdvals((tuned.hidden[1].weight - init.hidden[1].weight).double()))
 
 

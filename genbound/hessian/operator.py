@@ -43,7 +43,7 @@ from torch import nn
 from ..build import Built
 from ..checkpoint import Loaded
 from ..errors import GenboundError
-from ..layers import adapter_layers, is_link_tensor
+from ..layers import adapter_layers, link_tensors
 from ..runtime import batch_of, generator, logits_with
 
 PARAM_SETS = ("trainable", "adapters", "all", "dw")
@@ -67,8 +67,7 @@ def select_params(model: nn.Module, built: Built | None, which: str) -> dict[str
         raise GenboundError(f"--params must be one of {', '.join(PARAM_SETS)}; got {which!r}")
     named = dict(model.named_parameters())
     layers = adapter_layers(model)
-    links = {f"{name}.{leaf}" for name, layer in layers.items() for leaf in layer._parameters
-             if is_link_tensor(leaf, layer.method)}
+    links = set(link_tensors(model))
     if which == "trainable":
         keep = {n for n, p in named.items() if p.requires_grad}
     elif which == "adapters":

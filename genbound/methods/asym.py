@@ -1,11 +1,11 @@
-"""Asymmetric LoRA (A frozen random, only B trains; Zhu et al. 2024) and RAC, its chain."""
+"""Asymmetric LoRA (A frozen random, only B trains; Zhu et al. 2024) and RAC, its chain, on the dense low-rank
+layout of lora.py."""
 
-from .base import ADAPTER, DENSE, Method, gaussian_a, register
+from .base import Method, gaussian_a, register
+from .lora import LowRank
 
-ASYM = register(Method("asym", ADAPTER, "Asym-LoRA", link=DENSE, init_a=gaussian_a))
+ASYM = register(Method("asym", "Asym-LoRA", LowRank(gaussian_a, train_a=False)))
 RAC = register(
-    Method(
-        "rac", ADAPTER, "RAC", link=DENSE, chain=True, init_a=gaussian_a,
-        notes="each link draws a fresh frozen A; A never trains (the released code trained it: a defect).",
-    )
+    Method("rac", "RAC", LowRank(gaussian_a, train_a=False), chain=True,
+           notes="each link draws a fresh frozen A; A never trains (the released code trained it: a defect).")
 )
