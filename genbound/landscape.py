@@ -42,8 +42,6 @@ is reported in the result's ``evaluation``.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -58,7 +56,7 @@ from torch.func import vmap
 
 from .checkpoint import TRAJECTORY, Loaded, read_manifest, verify_file
 from .errors import CheckpointError, GenboundError
-from .layers import adapter_layers
+from .layers import adapter_layers, shallow_clone
 from .runtime import batch_of, generator, logits, logits_with
 
 SCHEMA = "genbound.landscape/1"
@@ -125,12 +123,6 @@ class Space:
     @property
     def n_params(self) -> int:
         return sum(t.numel() for t in self.coords.values())
-
-
-def shallow_clone(model: nn.Module) -> nn.Module:
-    """A copy of the module tree that shares every parameter and buffer with ``model``."""
-    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    return copy.deepcopy(model, memo)
 
 
 def build_space(loaded: Loaded, space: str, attention: str = "auto") -> Space:

@@ -9,6 +9,8 @@ merged weight, the same math with less work and memory.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import re
 from contextlib import contextmanager
 
@@ -69,10 +71,11 @@ class AdapterLinear(nn.Module):
 
     @torch.no_grad()
     def merged(self) -> nn.Linear:
-        """A plain nn.Linear with weight W0 + dW (export, dW-space analyses, the merged-equals-unmerged check)."""
+        """A plain nn.Linear with weight W0 + dW, merged by the one rounding rule (genbound.update.merged), for
+        export, the dW-space analyses and the merged-equals-unmerged check."""
         out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         out = out.to(self.weight.device, self.weight.dtype)
-        out.weight.copy_(self.weight + self.delta_weight().to(self.weight.dtype))
+        out.weight.copy_(self.update().merged(self.weight))
         if self.bias is not None:
             out.bias.copy_(self.bias)
         return out
@@ -80,6 +83,25 @@ class AdapterLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_features} -> {self.out_features}, method={self.method.name}, r={self.r}, "
                 f"scale={self.scale:g}, links={self.n_links}")
+
+
+def shallow_clone(model: nn.Module) -> nn.Module:
+    """A copy of the module tree that shares every parameter and buffer with ``model``."""
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def merged_model(model: nn.Module) -> nn.Module:
+    """A clone of ``model`` sharing its tensors, with each AdapterLinear replaced by its ``merged()`` nn.Linear
+    (a fresh weight W0 + dW): the model in dW space, where W = W0 + dW is one tensor whatever the layout.
+    ``clone.merged_layers`` lists the replaced names."""
+    clone = shallow_clone(model)
+    names = list(adapter_layers(clone))
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        setattr(clone.get_submodule(parent) if parent else clone, leaf, clone.get_submodule(name).merged())
+    clone.merged_layers = names
+    return clone
 
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLinear]:

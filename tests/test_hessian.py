@@ -16,7 +16,7 @@ from genbound.errors import GenboundError
 from genbound.hessian import (HessianOperator, HessianOptions, MatrixOperator, hessian_analysis, hutchinson, hutchpp,
                               lanczos_quadrature, lanczos_top, power_iteration, render, select_params, slq_density,
                               training_batches, working_model)
-from genbound.hessian.operator import math_attention
+from genbound.hessian.operator import math_attention, space_model
 from genbound.train import TrainConfig, train
 
 MLP = dict(model="mlp", data="digits", hidden=[16, 12], rank=2, alpha=4, steps=20, eval_samples=20, lr=1e-2)
@@ -44,7 +44,7 @@ def lora(ckpts):
 
 
 def operator(loaded, which="trainable", hvp="auto", samples=60, batch=25, dtype=F64, probe_batch=64, cache=False):
-    model = working_model(loaded.model, dtype)
+    model = space_model(working_model(loaded.model, dtype), which)
     batches = training_batches(loaded, samples, batch, 0, dtype)
     return HessianOperator(model, select_params(model, loaded.built, which), batches, hvp, probe_batch, cache)
 
@@ -234,7 +234,8 @@ def test_adapter_and_trainable_hessians_are_principal_submatrices_of_the_full_on
 
 def test_parameter_sets_of_a_frozen_a_method(ckpts):
     asym = checkpoint.load(ckpts / "asym")  # A is a frozen random parameter: not in adapters or trainable
-    names = {w: list(select_params(asym.model, asym.built, w)) for w in ("adapters", "trainable", "dw", "all")}
+    names = {w: list(select_params(space_model(asym.model, w), asym.built, w))
+             for w in ("adapters", "trainable", "dw", "all")}
     assert names["adapters"] == ["hidden.0.lora_B", "hidden.1.lora_B"]
     assert names["trainable"] == ["hidden.0.lora_B", "hidden.1.lora_B", "head.weight", "head.bias"]
     assert names["dw"] == ["hidden.0.weight", "hidden.1.weight", "head.weight", "head.bias"]

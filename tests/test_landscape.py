@@ -301,7 +301,6 @@ def test_snapshots_map_to_the_update_of_the_chain_at_that_step(ckpts, loaded, na
     ld = loaded(name)
     snaps = read_trajectory(ckpts / name)
     sp = build_space(ld, "delta")
-    k, seed = ld.manifest["method"]["chain_k"], ld.manifest["seed"]
     end_of = {s.link: s for s in snaps}  # the last snapshot of each link
     for snap in [snaps[0], snaps[5], snaps[len(snaps) // 2], snaps[-3], *end_of.values()]:
         init = checkpoint.build_from_manifest(ld.manifest, ld.task)

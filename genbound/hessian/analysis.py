@@ -17,8 +17,8 @@ from ..checkpoint import Loaded
 from ..errors import GenboundError
 from ..runtime import generator
 from .estimators import STOPS, WHICH, device_generator, hutchinson, hutchpp, lanczos_top, slq_density
-from .operator import (DTYPES, HVP_MODES, PARAM_SETS, HessianOperator, select_params, training_batches,
-                       working_model)
+from .operator import (DTYPES, HVP_MODES, PARAM_SETS, HessianOperator, select_params, space_model,
+                       training_batches, working_model)
 
 SCHEMA = "genbound.hessian/1"
 BACKENDS = ("genbound", "pyhessian")
@@ -197,6 +197,8 @@ def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = Fals
     bar = tqdm(desc=f"hessian ({opts.backend})", unit="pass", disable=not progress, dynamic_ncols=True)
     runs, costs = [], None
     try:
+        if opts.params in PARAM_SETS:
+            model = space_model(model, opts.params)
         params = select_params(model, loaded.built, opts.params)
         n = sum(p.numel() for p in params.values())
         if opts.top_k > n:

@@ -43,7 +43,7 @@ from torch import nn
 from ..build import Built
 from ..checkpoint import Loaded
 from ..errors import GenboundError
-from ..layers import adapter_layers, link_tensors
+from ..layers import link_tensors, merged_model
 from ..runtime import batch_of, generator, logits_with
 
 PARAM_SETS = ("trainable", "adapters", "all", "dw")
@@ -58,16 +58,19 @@ def select_params(model: nn.Module, built: Built | None, which: str) -> dict[str
     trainable: every floating parameter with requires_grad (the link tensors and the head);
     adapters:  only the AdapterLinear link tensors that train (lora_A when the method trains A, lora_B, columns);
     all:       every floating parameter of the model, frozen or not;
-    dw:        the dW-space counterpart of ``trainable``: the full weight matrix of every adapted layer (its
-               W0 parameter, which enters W = W0 + dW with identity Jacobian, so its Hessian is the Hessian
-               with respect to dW), plus the trainable tensors that are not adapter links (the head).
-               Invariant to LoRA's rescaling A -> A / c, B -> c B, which changes the factor-space Hessian.
+    dw:        the dW-space counterpart of ``trainable``, on the model ``space_model(model, "dw")`` gives: the
+               weight W = W0 + dW of every adapted layer, merged into one tensor (its Hessian is the Hessian
+               with respect to dW, whatever the layout: DoRA's W0 does not enter additively), plus the
+               trainable tensors that are not adapter links (the head). Invariant to LoRA's rescaling
+               A -> A / c, B -> c B, which changes the factor-space Hessian.
     """
     if which not in PARAM_SETS:
         raise GenboundError(f"--params must be one of {', '.join(PARAM_SETS)}; got {which!r}")
     named = dict(model.named_parameters())
-    layers = adapter_layers(model)
     links = set(link_tensors(model))
+    merged = getattr(model, "merged_layers", None)
+    if which == "dw" and merged is None:
+        raise ValueError("--params dw takes the model of space_model(model, 'dw')")
     if which == "trainable":
         keep = {n for n, p in named.items() if p.requires_grad}
     elif which == "adapters":
@@ -75,8 +78,9 @@ def select_params(model: nn.Module, built: Built | None, which: str) -> dict[str
     elif which == "all":
         keep = set(named)
     else:
+        layers = set(merged)
         keep = {f"{name}.weight" for name in layers}
-        keep |= {n for n, p in named.items() if p.requires_grad and n not in links}
+        keep |= {n for n, p in named.items() if p.requires_grad and n.rpartition(".")[0] not in layers}
         if not layers:
             keep = set()
     out = {n: p for n, p in named.items() if n in keep and p.is_floating_point()}
@@ -85,6 +89,12 @@ def select_params(model: nn.Module, built: Built | None, which: str) -> dict[str
         what = {"adapters": "adapter link tensors that train", "dw": "adapted matrices"}.get(which, "parameters")
         raise GenboundError(f"--params {which}: the model (method {method}) has no {what}; the parameter set is empty")
     return out
+
+
+def space_model(model: nn.Module, which: str) -> nn.Module:
+    """The model whose parameters ``select_params(., which)`` picks: ``model`` itself, or for dw a clone with every
+    adapter layer merged into a plain Linear of weight W0 + dW (``genbound.layers.merged_model``)."""
+    return merged_model(model) if which == "dw" else model
 
 
 # ---- the model and the data it is evaluated on ---------------------------------------------------------
