@@ -1,4 +1,8 @@
-"""How well each measure ranks the measured generalization gap across checkpoints (THEORY.md section 6).
+"""`genbound compare`: one row per checkpoint and how well each measure ranks the measured generalization gap
+across checkpoints (docs/theory.md section 6).
+
+The measures are those the registered analyses declare (``Result.MEASURES``), read from each checkpoint's
+stored analysis JSON (DIR/analysis/<name>.json).
 
 Kendall tau (Jiang et al. 2020): tau = mean over pairs i < j of sign(mu_i - mu_j) * sign(g_i - g_j) (tau-a:
 a tie in either counts 0). Granulated Psi: for each axis (method, rank, seed, ...), tau within every group
@@ -9,15 +13,24 @@ gives an interval for tau.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint
+from .analyses import ANALYSES
+from .errors import GenboundError
+
+AXES = ("method", "rank", "seed")
+GAPS = ("gap_01", "gap_ce")
+
 
 def kendall_tau(mu: Sequence[float], gap: Sequence[float]) -> float:
-    """tau-a of THEORY.md section 6; nan when there are fewer than two points."""
+    """tau-a of docs/theory.md section 6; nan when there are fewer than two points."""
     mu, gap = np.asarray(mu, dtype=float), np.asarray(gap, dtype=float)
     if len(mu) != len(gap):
         raise ValueError("measure and gap need the same length")
@@ -70,3 +83,68 @@ def bootstrap_tau(rows: list[dict], measure: str, gap: str, cluster: str = "seed
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# ---- the comparison -----------------------------------------------------------------------------------
+def measures() -> dict[str, tuple[str, object]]:
+    """measure name -> (analysis name, its Result class), in registration order."""
+    out = {}
+    for name, analysis in ANALYSES.items():
+        result_cls = analysis.load().Result
+        out.update({m: (name, result_cls) for m in result_cls.MEASURES})
+    return out
+
+
+def row_of(ckpt: Path) -> dict:
+    """One table row: the manifest's facts and every measure whose analysis is on disk."""
+    man = checkpoint.read_manifest(ckpt)
+    m = man["metrics"]
+    row = {"checkpoint": str(ckpt), "base": man["base"]["sha256"], "model": man["base"].get("name") or
+           man["base"].get("path") or man["base"]["kind"], "data": man["task"]["name"],
+           "method": man["method"]["name"], "scope": man["method"]["scope"], "rank": man["method"]["rank"],
+           "chain_k": man["method"]["chain_k"],
+           "seed": man["seed"], "params_paper": man["params"]["paper"], "params_full": man["params"]["full"],
+           "test_acc": m["test_acc"], "train_loss": m["train_loss"], "test_loss": m["test_loss"],
+           "gap_ce": m["test_loss"] - m["train_loss"], "gap_01": m["train_acc"] - m["test_acc"],
+           "train_seconds": man["timing"]["train_seconds"], "peak_gpu_memory_bytes": man["timing"].get(
+               "peak_gpu_memory_bytes")}
+    stored = {n: json.loads((ckpt / "analysis" / f"{n}.json").read_text())
+              for n in ANALYSES if (ckpt / "analysis" / f"{n}.json").is_file()}
+    comp = stored.get("compute", {})
+    row["majority_err"] = comp.get("majority_err")  # the trivial classifier's test error
+    row["loss"] = comp.get("loss")  # the loss the paper's bound speaks of, and the largest gap it can have
+    row["loss_range"] = (1.0 if comp.get("loss") == "01" else 2 * comp["sigma"]
+                         if comp.get("loss") == "ce" and (comp.get("options") or {}).get("sigma") is None else None)
+    values: dict[str, float | None] = {}
+    for name, (source, result_cls) in measures().items():
+        if source in stored and name not in values:
+            values.update(result_cls(stored[source]).measures())
+        row[name] = values.get(name)
+    return row
+
+
+def compare(dirs: list[str | Path]) -> dict:
+    """Rows for every checkpoint and, per measure and gap, Kendall tau, its seed-bootstrap interval and the
+    granulated Psi. All checkpoints must share one base model and one task."""
+    ckpts = [Path(d) for d in dirs]
+    if not ckpts:
+        raise GenboundError("compare needs at least one checkpoint directory")
+    rows = [row_of(c) for c in ckpts]
+    bases = {(r["base"], r["data"]) for r in rows}
+    if len(bases) > 1:
+        raise GenboundError(f"the checkpoints mix {len(bases)} (base model, task) pairs; compare one at a time: "
+                            + ", ".join(sorted({f"{r['model']} on {r['data']}" for r in rows})))
+    ranking = {}
+    all_measures = measures()
+    for measure in all_measures:
+        for gap in GAPS:
+            pts = [r for r in rows if isinstance(r[measure], (int, float)) and math.isfinite(r[measure])]
+            if len(pts) < 2:
+                continue
+            ranking[f"{measure}|{gap}"] = {
+                "measure": measure, "gap": gap, "n": len(pts),
+                "tau": kendall_tau([r[measure] for r in pts], [r[gap] for r in pts]),
+                "tau_ci95_seed_bootstrap": bootstrap_tau(pts, measure, gap),
+                **granulated_psi(pts, measure, gap, AXES)}
+    return {"schema": "genbound.compare/1", "rows": rows, "ranking": ranking,
+            "measures": {k: cls.MEASURES[k][1] for k, (_, cls) in all_measures.items()}}

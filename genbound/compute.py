@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import bounds
+from . import bounds, result
 from .build import Built, parameter_counts
 from .checkpoint import Loaded
 from .errors import CheckpointError, GenboundError
+from .options import opt
 from .layers import AdapterLinear
 from .update import spectral_norm
 from .runtime import predict
@@ -23,24 +24,29 @@ from .runtime import predict
 SCHEMA = "genbound.compute/1"
 
 
+def parse_sigma(text: str) -> float | None:
+    """--sigma: auto (from the loss) or a number."""
+    return None if text == "auto" else float(text)
+
+
 @dataclass
 class ComputeOptions:
-    loss: str = "01"  # the loss the MI bound is stated for: 01 or ce (needs smoothing or clip)
-    bits: float = 32  # q: bits per stored trainable number
-    sigma: float | None = None  # override the sub-Gaussian parameter
-    smoothing: float | None = None  # prediction smoothing a (bounds CE by ln(K/a))
-    clip: float | None = None  # clip CE at M
-    delta: float = 0.05  # confidence of the Occam bound
-    block_lipschitz: float = 1.0  # transformers: assumed Lipschitz constant of each block between adapted matrices
-    compress: bool = False
-    compress_bits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8])
-    schemes: list[str] = field(default_factory=lambda: ["uniform", "kmeans"])
-    qat_steps: int = 0  # quantization-aware fine-tune steps per grid point (straight-through estimator)
-    qat_lr: float = 1e-3
-    hyper_settings: int = 1  # training configurations tried before this one (log2 of it is added to the code)
-    seed_bits: int = 32  # the run seed (head init, random A, selectors) is part of the message
-    base_gap: bool = True  # also measure G(W0), the gap of the model before fine-tuning
-    batch_size: int = 256
+    loss: str = opt("01", '01 or ce (ce needs --smoothing or --clip to be bounded)')
+    bits: float = opt(32, 'q, bits per stored number')
+    sigma: float | None = opt(None, 'sub-Gaussian parameter: auto (from the loss) or a value', parse=parse_sigma)
+    smoothing: float | None = opt(None, 'prediction smoothing a')
+    clip: float | None = opt(None, 'clip the cross-entropy at M')
+    delta: float = opt(0.05, 'confidence 1 - delta of the Occam bound')
+    block_lipschitz: float = opt(1.0, 'transformers: assumed Lipschitz constant of each block (Theorem 1)')
+    compress: bool = opt(False, 'quantize + entropy-code the trained numbers and report the Occam bound')
+    compress_bits: list[int] = opt([1, 2, 3, 4, 6, 8], 'quantization bits tried')
+    schemes: list[str] = opt(["uniform", "kmeans"], 'uniform and/or kmeans')
+    qat_steps: int = opt(0, 'quantization-aware fine-tune steps per (scheme, bits) tried (0 = quantize as trained)')
+    qat_lr: float = opt(1e-3, 'learning rate of the quantization-aware fine-tune')
+    hyper_settings: int = opt(1, 'training configurations tried (log2 is charged to the code)')
+    seed_bits: int = opt(32, 'bits charged for the run seed')
+    base_gap: bool = opt(True, 'also measure the gap before fine-tuning')
+    batch_size: int = opt(256, 'evaluation batch size')
 
 
 def check_options(opts: ComputeOptions) -> None:
@@ -290,3 +296,27 @@ def render(r: dict) -> str:
                   f"  quantized: train err {c['train_err_q']:.4f}  test err {c['test_err_q']:.4f}  ->  "
                   f"bound on test error {c['occam_bound']:.4f}   (MI form, an estimate: {c['mi_estimate_01']:.4g})"]
     return "\n".join(lines)
+
+
+# ---- the analysis contract (genbound/analyses.py) -------------------------------------------------------
+Options = ComputeOptions
+
+
+class Result(result.Result):
+    SCHEMA = SCHEMA
+    MEASURES = {
+        "paper_bound": (lambda a: a["mi_term_paper"], "the paper's MI term, paper count"),
+        "paper_bound_full": (lambda a: a["mi_term_full"], "the MI term, every trained number"),
+        "log10_phi_dw": (lambda a: a["log10_phi_dw"], "log10 of Theorem 1's Phi_dW"),
+        "log10_theorem1": (lambda a: a["log10_theorem1_bound"],
+                           "log10 of Theorem 1's bound (computes with a Lipschitz loss, --loss ce, only)"),
+        "compression_bound": (lambda a: (a.get("compress") or {}).get("occam_bound"),
+                              "Occam bound of the quantized model"),
+    }
+
+    def render(self) -> str:
+        return render(self.data)
+
+
+def run(loaded: Loaded, options: ComputeOptions, progress: bool = False) -> Result:
+    return Result(compute(loaded, options))

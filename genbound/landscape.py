@@ -54,8 +54,10 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.func import vmap
 
+from . import result
 from .checkpoint import TRAJECTORY, Loaded, read_manifest, verify_file
 from .errors import CheckpointError, GenboundError
+from .options import opt
 from .layers import adapter_layers, shallow_clone
 from .runtime import batch_of, generator, logits, logits_with
 
@@ -65,19 +67,19 @@ SPACES, DIRS = ("trainable", "delta", "all"), ("random", "pca")
 
 @dataclass
 class LandscapeOptions:
-    dirs: str = "random"  # random | pca
-    space: str = "trainable"  # trainable | delta | all
-    grid: int = 41  # points per axis (odd puts the centre on the grid)
-    range: float = 1.0  # the grid spans [-range, range] in units of the directions
-    one_d: bool = False  # a 1-D slice along d1
-    samples: int = 1000  # evaluation subset (seeded), capped at the split's size
-    split: str = "train"  # train | test
-    seed: int = 0  # random directions and the evaluation subset
-    include_1d: bool = False  # random directions also move biases and LayerNorm
-    chunk: int = 16  # grid points per batched forward pass
-    batch_size: int = 256  # examples per forward pass
-    rho: float | None = None  # sharpness radius in grid units; None = max(range / 4, one grid step)
-    attention: str = "auto"  # HF attention while evaluating: auto (eager: SDPA does not vmap) | model
+    dirs: str = opt("random", 'random (filter-normalized Gaussian) | pca (top-2 directions of the saved trajectory)')
+    space: str = opt("trainable", 'trainable | delta (dW of each adapted matrix) | all')
+    grid: int = opt(41, 'points per axis (odd)')
+    range: float = opt(1.0, 'the grid spans [-range, range]')
+    one_d: bool = opt(False, 'a 1-D slice along d1', flag="--1d")
+    samples: int = opt(1000, 'evaluation examples')
+    split: str = opt("train", 'train | test')
+    seed: int = opt(0, 'directions and the evaluation subset')
+    include_1d: bool = opt(False, 'random directions also move biases and LayerNorm')
+    chunk: int = opt(16, 'grid points per forward pass')
+    batch_size: int = opt(256, 'examples per forward pass')
+    rho: float | None = opt(None, 'sharpness radius (grid units; default range/4)')
+    attention: str = opt("auto", 'HF attention while evaluating: auto | model')
 
     @property
     def step(self) -> float:
@@ -495,3 +497,44 @@ def render(r: dict) -> str:
     if e["vmap_fallback_ops"]:
         lines.append(f"  note: no vmap batching rule for {', '.join(e['vmap_fallback_ops'])} (looped inside vmap)")
     return "\n".join(lines)
+
+
+# ---- the analysis contract (genbound/analyses.py) -------------------------------------------------------
+Options = LandscapeOptions
+
+
+class Result(result.Result):
+    SCHEMA = SCHEMA
+    MEASURES = {"sharpness": (lambda a: a["sharpness"]["increase"], "loss increase at radius rho")}
+
+    def render(self) -> str:
+        return render(self.data)
+
+
+def run(loaded: Loaded, options: LandscapeOptions, progress: bool = False) -> Result:
+    return Result(landscape_analysis(loaded, options, ckpt=loaded.path))
+
+
+OUTPUTS = [("out", "--out", "prefix")]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--surface", action="store_true", help="a 3-D surface view instead of contours")
+    parser.add_argument("--out", metavar="PREFIX", default="landscape",
+                        help="writes PREFIX.png and PREFIX.npz (default: landscape)")
+
+
+def write_outputs(results: dict[str, Result], args) -> None:
+    """PREFIX.png (every checkpoint on one colour scale) and one PREFIX[-folder].npz per checkpoint."""
+    from . import plots
+
+    prefix = Path(args.out)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    names = [Path(r["checkpoint"]).name for r in results.values()]
+    for i, r in enumerate(results.values()):
+        tag = names[i] if names.count(names[i]) == 1 else f"{i}-{names[i]}"  # equal folder names in two places
+        name = prefix.name if len(results) == 1 else f"{prefix.name}-{tag}"
+        np.savez(prefix.with_name(name + ".npz"), **landscape_arrays(r.data))
+    plots.save(plots.landscape_figure({k: r.data for k, r in results.items()}, surface=args.surface),
+               str(prefix.with_name(prefix.name + ".png")))
+    print(f"wrote {prefix}.png and {len(results)} .npz file(s)")

@@ -11,15 +11,18 @@ u_j (one of the top-k of U) is an intruder at threshold eps when max_i |<u_j, u0
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from . import result
 from .layers import AdapterLinear
 from .models import layer_kind
+from .options import opt
 from .update import Update, batched_singular_values, spectrum_stats
 
 EPS_GRID = [round(0.05 * i, 2) for i in range(1, 21)]  # thresholds in (0, 1]
@@ -141,3 +144,80 @@ def checkpoint_spectrum(loaded, intruders: bool = False, top_k: int = 10) -> dic
     out = spectrum(loaded.model, loaded.initial().model, names, built.backbone.sha256, intruders=intruders, top_k=top_k)
     out.update(method=built.method.name, rank=built.rank, chain_k=built.chain)
     return out
+
+
+# ---- the analysis contract (genbound/analyses.py) -------------------------------------------------------
+@dataclass
+class Options:
+    intruders: bool = opt(True, "count intruder dimensions (Shuttleworth et al. 2024)")
+    top_k: int = opt(10, "intruders among the top-k singular vectors")
+
+
+def check_options(options: Options) -> None:
+    from .errors import GenboundError
+
+    if options.top_k < 1:
+        raise GenboundError(f"--top-k {options.top_k}: must be at least 1")
+
+
+def applies(scope: str) -> bool:
+    """Every scope but head-only, which adapts no matrix."""
+    return scope != "head"
+
+
+def _mean_stable_rank(a: dict) -> float | None:
+    ranks = [m["stable_rank"] for m in a["matrices"] if isinstance(m["stable_rank"], (int, float))
+             and math.isfinite(m["stable_rank"])]
+    return sum(ranks) / len(ranks) if ranks else None
+
+
+class Result(result.Result):
+    SCHEMA = "genbound.spectrum/1"
+    MEASURES = {
+        "intruders": (lambda a: a["intruders"]["mean_counts"][a["intruders"]["eps"].index(0.5)],
+                      "mean intruder count among the top-k at eps = 0.5"),
+        "stable_rank": (_mean_stable_rank, "mean stable rank"),
+    }
+
+    def render(self) -> str:
+        r = self.data
+        lines = [f"{r['method']} r={r['rank']} k={r['chain_k']}  ({r.get('checkpoint', '')})",
+                 f"  {'matrix':<44}{'n x m':>12}{'||dW||_2':>11}{'||dW||_F':>11}{'stable':>8}{'effective':>10}"]
+        for m in r["matrices"]:
+            lines.append(f"  {m['name']:<44}{str(m['n']) + ' x ' + str(m['m']):>12}{m['norm_2']:>11.4g}"
+                         f"{m['norm_fro']:>11.4g}{m['stable_rank']:>8.2f}{m['effective_rank']:>10.2f}")
+        hows = sorted({m["how"] for m in r["matrices"] if "how" in m})
+        if hows:
+            lines.append(f"  singular values: {'; '.join(hows)}")
+        if "intruders" in r:
+            it = r["intruders"]
+            pick = [i for i, e in enumerate(it["eps"]) if e in (0.3, 0.5, 0.7, 0.9)]
+            head = "  ".join(f"eps={it['eps'][i]:.1f}: {it['mean_counts'][i]:.2f} / {it['mean_counts_all'][i]:.1f}"
+                             for i in pick)
+            lines.append(f"  intruders, mean per matrix (top {it['top_k']} / all): {head}")
+        return "\n".join(lines)
+
+
+def run(loaded, options: Options, progress: bool = False) -> Result:
+    return Result({**checkpoint_spectrum(loaded, options.intruders, options.top_k), "options": asdict(options)})
+
+
+OUTPUTS = [("plot", "--plot", "file")]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--plot", metavar="FILE.png", help="spectra plot of the first checkpoint (and "
+                                                           "FILE-intruders.png with every checkpoint's curves)")
+
+
+def write_outputs(results: dict[str, Result], args) -> None:
+    if not args.plot:
+        return
+    from . import plots
+
+    first_label, first = next(iter(results.items()))
+    plots.save(plots.spectra_figure(first.data, first_label), args.plot)
+    if "intruders" in first:
+        stem = Path(args.plot)
+        plots.save(plots.intruder_figure({k: r.data for k, r in results.items()}),
+                   str(stem.with_name(stem.stem + "-intruders" + stem.suffix)))

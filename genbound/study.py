@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -19,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
+from .analyses import ANALYSES, get_analysis
 from .errors import GenboundError
 from .files import write_json
 
-ANALYSES = ("compute", "spectrum", "hessian", "landscape")
 
 
 @dataclass
@@ -83,6 +82,9 @@ def load_study(path: str | Path) -> Study:
     if bad:
         raise GenboundError(f"{path}: unknown analysis {bad}; known: {list(ANALYSES)}")
     for name, opts in study.analyses.items():
+        if not isinstance(opts, dict):
+            raise GenboundError(f"{path}: [analyses.{name}] must be a table of options")
+    for name, opts in study.analyses.items():
         _options(name, opts, str(path))
     study.runs = study.runs or f"runs/{study.name}"
     study.report = study.report or f"reports/{study.name}"
@@ -90,23 +92,14 @@ def load_study(path: str | Path) -> Study:
 
 
 def _options(name: str, opts: dict, source: str):
-    """The options object of an analysis, checked."""
-    if name == "compute":
-        from .compute import ComputeOptions as cls
-    elif name == "hessian":
-        from .hessian import HessianOptions as cls
-    elif name == "landscape":
-        from .landscape import LandscapeOptions as cls
-    else:
-        allowed = {"intruders", "top_k"}
-        if set(opts) - allowed:
-            raise GenboundError(f"{source}: [analyses.spectrum] takes only {sorted(allowed)}")
-        return dict(opts)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(opts) - fields)
-    if bad:
-        raise GenboundError(f"{source}: [analyses.{name}] has unknown option(s) {bad}")
-    return cls(**opts)
+    """The options object of analysis ``name`` from a study section (or {} for its defaults), checked."""
+    from .options import options_of
+
+    mod = get_analysis(name).load()
+    options = options_of(mod.Options, opts, f"{source}: [analyses.{name}]")
+    if hasattr(mod, "check_options"):
+        mod.check_options(options)
+    return options
 
 
 def grid(study: Study) -> list[dict]:
@@ -131,29 +124,14 @@ def grid(study: Study) -> list[dict]:
 
 def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", loaded=None,
                  progress: bool = False) -> dict:
-    """One analysis of one checkpoint, cached in ckpt/analysis/<name>.json."""
+    """One analysis of one checkpoint, cached in ckpt/analysis/<name>.json (its Result's JSON)."""
     path = ckpt / "analysis" / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
     from .runtime import pick_device
 
     loaded = loaded or checkpoint.load(ckpt, device=pick_device(device))
-    if name == "compute":
-        from .compute import compute
-
-        result = compute(loaded, options)
-    elif name == "spectrum":
-        from .spectra import checkpoint_spectrum
-
-        result = checkpoint_spectrum(loaded, intruders=options.get("intruders", True), top_k=options.get("top_k", 10))
-    elif name == "hessian":
-        from .hessian import hessian_analysis
-
-        result = hessian_analysis(loaded, options, progress=progress)
-    else:
-        from .landscape import landscape_analysis
-
-        result = landscape_analysis(loaded, options, ckpt=ckpt)
+    result = get_analysis(name).load().run(loaded, options, progress=progress).to_json()
     write_json(path, result)
     return result
 
@@ -193,10 +171,8 @@ def shard_of(runs: list[dict], shard: tuple[int, int], finished=lambda run: Fals
 
 
 def applies(analysis: str, scope: str) -> bool:
-    """Every analysis applies to every checkpoint but the spectrum, which needs an adapted matrix (not head-only)."""
-    from .methods import HEAD
-
-    return not (analysis == "spectrum" and scope == HEAD)
+    """Whether analysis ``analysis`` applies to a method scope (the spectrum needs an adapted matrix)."""
+    return get_analysis(analysis).applies(scope)
 
 
 def _analyses_of(study: Study, run: dict) -> list[str]:
@@ -230,17 +206,11 @@ def _config_drift(expected: dict, recorded: dict) -> list[str]:
 def _options_drift(name: str, options: Any, stored: dict) -> list[str]:
     """'option: stored -> asked' for each analysis option the stored result was computed with differently (an
     option the result does not record counts as its default)."""
-    if name == "spectrum":
-        asked = {"intruders": options.get("intruders", True), "top_k": options.get("top_k", 10)}
-        have = {"intruders": "intruders" in stored, "top_k": (stored.get("intruders") or {}).get("top_k", 10)}
-        if not asked["intruders"]:
-            asked.pop("top_k"), have.pop("top_k")
-    else:
-        defaults = dataclasses.asdict(type(options)())
-        asked = dataclasses.asdict(options)
-        have = {k: stored.get("options", {}).get(k, defaults[k]) for k in asked}
-        have = {k: (tuple(v) if isinstance(v, list) else v) for k, v in have.items()}
-        asked = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asked.items()}
+    defaults = dataclasses.asdict(type(options)())
+    asked = dataclasses.asdict(options)
+    have = {k: stored.get("options", {}).get(k, defaults[k]) for k in asked}
+    have = {k: (tuple(v) if isinstance(v, list) else v) for k, v in have.items()}
+    asked = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asked.items()}
     return [f"{k} {have[k]!r} -> {asked[k]!r}" for k in asked if have[k] != asked[k]]
 
 
@@ -326,84 +296,3 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
             log(f"{run['name']}: {name} ({time.perf_counter() - start:.1f} s)")
         done.append(out)
     return done
-
-
-# ---- comparison -------------------------------------------------------------------------------------------
-def _mean(values) -> float | None:
-    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return sum(values) / len(values) if values else None
-
-
-MEASURES = {
-    "paper_bound": ("compute", lambda a: a["mi_term_paper"], "the paper's MI term, paper count"),
-    "paper_bound_full": ("compute", lambda a: a["mi_term_full"], "the MI term, every trained number"),
-    "log10_phi_dw": ("compute", lambda a: a["log10_phi_dw"], "log10 of Theorem 1's Phi_dW"),
-    "log10_theorem1": ("compute", lambda a: a["log10_theorem1_bound"],
-                       "log10 of Theorem 1's bound (computes with a Lipschitz loss, --loss ce, only)"),
-    "compression_bound": ("compute", lambda a: (a.get("compress") or {}).get("occam_bound"),
-                          "Occam bound of the quantized model"),
-    "hessian_top": ("hessian", lambda a: a["eigenvalues"][0], "largest Hessian eigenvalue"),
-    "hessian_trace": ("hessian", lambda a: a.get("trace"), "Hessian trace"),
-    "sharpness": ("landscape", lambda a: a["sharpness"]["increase"], "loss increase at radius rho"),
-    "intruders": ("spectrum", lambda a: a["intruders"]["mean_counts"][a["intruders"]["eps"].index(0.5)],
-                  "mean intruder count among the top-k at eps = 0.5"),
-    "stable_rank": ("spectrum", lambda a: _mean(m["stable_rank"] for m in a["matrices"]), "mean stable rank"),
-}
-AXES = ("method", "rank", "seed")
-GAPS = ("gap_01", "gap_ce")
-
-
-def row_of(ckpt: Path) -> dict:
-    """One table row: the manifest's facts and every measure whose analysis is on disk."""
-    man = checkpoint.read_manifest(ckpt)
-    m = man["metrics"]
-    row = {"checkpoint": str(ckpt), "base": man["base"]["sha256"], "model": man["base"].get("name") or
-           man["base"].get("path") or man["base"]["kind"], "data": man["task"]["name"],
-           "method": man["method"]["name"], "scope": man["method"]["scope"], "rank": man["method"]["rank"],
-           "chain_k": man["method"]["chain_k"],
-           "seed": man["seed"], "params_paper": man["params"]["paper"], "params_full": man["params"]["full"],
-           "test_acc": m["test_acc"], "train_loss": m["train_loss"], "test_loss": m["test_loss"],
-           "gap_ce": m["test_loss"] - m["train_loss"], "gap_01": m["train_acc"] - m["test_acc"],
-           "train_seconds": man["timing"]["train_seconds"], "peak_gpu_memory_bytes": man["timing"].get(
-               "peak_gpu_memory_bytes")}
-    analyses = {n: json.loads((ckpt / "analysis" / f"{n}.json").read_text())
-                for n in ANALYSES if (ckpt / "analysis" / f"{n}.json").is_file()}
-    comp = analyses.get("compute", {})
-    row["majority_err"] = comp.get("majority_err")  # the trivial classifier's test error
-    row["loss"] = comp.get("loss")  # the loss the paper's bound speaks of, and the largest gap it can have
-    row["loss_range"] = (1.0 if comp.get("loss") == "01" else 2 * comp["sigma"]
-                         if comp.get("loss") == "ce" and (comp.get("options") or {}).get("sigma") is None else None)
-    for name, (source, get, _) in MEASURES.items():
-        try:
-            row[name] = get(analyses[source]) if source in analyses else None
-        except (KeyError, IndexError, TypeError, ValueError):
-            row[name] = None
-    return row
-
-
-def compare(dirs: list[str | Path]) -> dict:
-    """Rows for every checkpoint and, per measure and gap, Kendall tau, its seed-bootstrap interval and the
-    granulated Psi. All checkpoints must share one base model and one task."""
-    from .compare import bootstrap_tau, granulated_psi, kendall_tau
-
-    ckpts = [Path(d) for d in dirs]
-    if not ckpts:
-        raise GenboundError("compare needs at least one checkpoint directory")
-    rows = [row_of(c) for c in ckpts]
-    bases = {(r["base"], r["data"]) for r in rows}
-    if len(bases) > 1:
-        raise GenboundError(f"the checkpoints mix {len(bases)} (base model, task) pairs; compare one at a time: "
-                            + ", ".join(sorted({f"{r['model']} on {r['data']}" for r in rows})))
-    ranking = {}
-    for measure in MEASURES:
-        for gap in GAPS:
-            pts = [r for r in rows if isinstance(r[measure], (int, float)) and math.isfinite(r[measure])]
-            if len(pts) < 2:
-                continue
-            ranking[f"{measure}|{gap}"] = {
-                "measure": measure, "gap": gap, "n": len(pts),
-                "tau": kendall_tau([r[measure] for r in pts], [r[gap] for r in pts]),
-                "tau_ci95_seed_bootstrap": bootstrap_tau(pts, measure, gap),
-                **granulated_psi(pts, measure, gap, AXES)}
-    return {"schema": "genbound.compare/1", "rows": rows, "ranking": ranking,
-            "measures": {k: v[2] for k, v in MEASURES.items()}}

@@ -13,7 +13,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +27,8 @@ from .errors import NonFinite, TrainingError
 from .files import check_folder_writable
 from .graphs import GraphedStep
 from .layers import next_link, use_fused
-from .methods import get_method
+from .methods import get_method, method_names
+from .options import opt
 from .models import resolve_ref
 from .runtime import batch_of, evaluate, generator, logits, pick_device
 
@@ -39,34 +40,35 @@ SYNC_EVERY = 16  # steps between host reads of the loss (NaN check, progress bar
 class TrainConfig:
     """Everything a run depends on; stored in the manifest and enough to resume or rebuild it."""
 
-    model: str = "mlp"
-    data: str = "digits"
-    method: str = "lora"
-    rank: int = 16
-    alpha: float = 32.0
-    chain: int = 1
-    steps: int | None = None  # total optimizer steps; None = epochs * ceil(N / batch)
-    epochs: float = 1.0
-    batch_size: int = 32
-    lr: float = 1e-3
-    lr_ratio: float | None = None  # lr_B / lr_A; None = the method's default (LoRA+: 16, others 1)
-    weight_decay: float = 0.0
-    warmup: float = 0.06  # fraction of the steps
-    clip: float = 1.0
-    eval_every: int = 0  # 0 = about 10 evaluations per run
-    eval_samples: int = 1000  # test examples (a seeded random subset) used by the periodic evaluations
-    snapshot_every: int = 0  # 0 = about 20 snapshots per run
-    save_every: int = 0  # resume state; 0 = at every evaluation
-    seed: int = 0
-    targets: list[str] | None = None  # regexes over module names; None = the model's defaults
-    n_train: int | None = None
-    n_test: int | None = None
-    max_length: int = 128
-    hidden: list[int] = field(default_factory=lambda: [256, 256])  # random-init MLP only
-    device: str = "auto"
-    amp: bool = True
-    fused: bool = True  # adapters' fused training path (genbound.fused); False = the reference path
-    graphs: bool = True  # on CUDA, replay full-batch steps as a CUDA graph (genbound.graphs)
+    model: str = opt("mlp", 'mlp | minilm | tiny-bert | DIR from `genbound pretrain` | HF model name or folder')
+    data: str = opt("digits", 'wordnet | fashion-mnist | mnist-5k | digits | FILE.csv | FILE.jsonl')
+    method: str = opt("lora", " ".join(method_names()))
+    rank: int = opt(16, 'adapter rank r')
+    alpha: float = opt(32.0, 'scaling s = alpha / r')
+    chain: int = opt(1, f"chain links k ({', '.join(n for n in method_names() if get_method(n).chain)})")
+    steps: int | None = opt(None, 'optimizer steps (overrides --epochs)')
+    epochs: float = opt(1.0, 'passes over the training split')
+    batch_size: int = opt(32, 'examples per step')
+    lr: float = opt(1e-3, 'AdamW learning rate (A, head; B gets lr * lr_ratio)')
+    lr_ratio: float | None = opt(None, "lr_B / lr_A (default: the method's, 16 for lora_plus, 1 otherwise)")
+    weight_decay: float = opt(0.0, 'AdamW weight decay')
+    warmup: float = opt(0.06, 'warm-up fraction of the steps')
+    clip: float = opt(1.0, 'gradient-norm clipping (0 = off)')
+    eval_every: int = opt(0, 'steps between evaluations (0 = about 10 per run)')
+    eval_samples: int = opt(1000, 'test examples used by periodic evaluations')
+    snapshot_every: int = opt(0, 'steps between trajectory snapshots (0 = about 20 per run)')
+    save_every: int = opt(0, 'steps between resume states (0 = at each evaluation)')
+    seed: int = opt(0, 'run seed: head init, random A, random selectors, data order, splits')
+    targets: list[str] | None = opt(
+        None, 'regexes over module names to adapt (default: query/value of each layer; every hidden Linear of an MLP)')
+    n_train: int | None = opt(None, "training examples (default: the task's)")
+    n_test: int | None = opt(None, "test examples (default: the task's)")
+    max_length: int = opt(128, 'token limit for text')
+    hidden: list[int] = opt([256, 256], 'hidden sizes of a random-init MLP')
+    device: str = opt("auto", 'auto | cpu | cuda')
+    amp: bool = opt(True, 'bf16 autocast on CUDA')
+    fused: bool = opt(True, 'train adapters through the fused path (merged weight; --no-fused: the reference path)')
+    graphs: bool = opt(True, 'on CUDA, replay each full-batch step as a CUDA graph (--no-graphs: eager steps)')
 
 
 def check_config(cfg: TrainConfig) -> None:

@@ -13,7 +13,7 @@ from matplotlib.container import ErrorbarContainer
 from genbound import plots
 from genbound.compare import bootstrap_tau, granulated_psi, kendall_tau
 from genbound.report import TAU_MIN_CHECKPOINTS, render_report, write_comparison
-from genbound.study import AXES, GAPS
+from genbound.compare import AXES, GAPS
 
 ALL_METHODS = ["full", "head", "lora", "lora_plus", "asym", "cola", "rac", "cla", "rcla", "c3la", "rc3la", "paca",
                "dora", "vera"]

@@ -14,7 +14,8 @@ from genbound.cli import main
 from genbound.compare import bootstrap_tau, granulated_psi, kendall_tau
 from genbound.errors import GenboundError
 from genbound.report import render_report
-from genbound.study import compare, grid, load_study, run_study
+from genbound.compare import compare
+from genbound.study import grid, load_study, run_study
 
 
 def brute_force_tau(mu, gap):

@@ -1,4 +1,4 @@
-"""Hessian spectra of the training loss (THEORY.md section 8): HVPs, Lanczos, Hutchinson/Hutch++, SLQ density.
+"""Hessian spectra of the training loss (docs/theory.md section 8): HVPs, Lanczos, Hutchinson/Hutch++, SLQ density.
 
     operator.py           the parameter sets, the data subsample, HessianOperator (forward-over-reverse HVPs)
     estimators.py         Lanczos top-k, power iteration, Hutchinson, Hutch++, stochastic Lanczos quadrature
@@ -6,12 +6,13 @@
     analysis.py           HessianOptions, hessian_analysis (the JSON-able result), render
 """
 
-from .analysis import SCHEMA, HessianOptions, hessian_analysis, measure_costs, render
+from .analysis import (OUTPUTS, SCHEMA, HessianOptions, Options, Result, add_arguments, check_options, hessian_analysis,
+                       measure_costs, render, run, write_outputs)
 from .estimators import Eigen, hutchinson, hutchpp, lanczos_quadrature, lanczos_top, power_iteration, slq_density
 from .operator import (PARAM_SETS, Batch, HessianOperator, MatrixOperator, select_params, subsample_indices,
                        training_batches, working_model)
 
-__all__ = ["SCHEMA", "PARAM_SETS", "Batch", "Eigen", "HessianOperator", "HessianOptions", "MatrixOperator",
-           "hessian_analysis", "hutchinson", "hutchpp", "lanczos_quadrature", "lanczos_top", "measure_costs",
-           "power_iteration", "render", "select_params", "slq_density", "subsample_indices", "training_batches",
-           "working_model"]
+__all__ = ["OUTPUTS", "Options", "Result", "add_arguments", "check_options", "run", "write_outputs", "SCHEMA",
+           "PARAM_SETS", "Batch", "Eigen", "HessianOperator", "HessianOptions", "MatrixOperator", "hessian_analysis",
+           "hutchinson", "hutchpp", "lanczos_quadrature", "lanczos_top", "measure_costs", "power_iteration", "render",
+           "select_params", "slq_density", "subsample_indices", "training_batches", "working_model"]

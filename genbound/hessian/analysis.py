@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
+from .. import result
 from ..checkpoint import Loaded
 from ..errors import GenboundError
+from ..options import opt
 from ..runtime import generator
 from .estimators import STOPS, WHICH, device_generator, hutchinson, hutchpp, lanczos_top, slq_density
 from .operator import (DTYPES, HVP_MODES, PARAM_SETS, HessianOperator, select_params, space_model,
@@ -26,29 +28,30 @@ BACKENDS = ("genbound", "pyhessian")
 
 @dataclass
 class HessianOptions:
-    params: str = "trainable"  # trainable | adapters | all | dw (dense dW of each adapted matrix + head)
-    top_k: int = 5  # eigenvalues wanted (0 = none)
-    which: str = "largest"  # largest (algebraic) | magnitude (what power iteration / pyhessian finds)
-    trace: bool = False  # Hutchinson and Hutch++ traces
-    density: bool = False  # SLQ spectral density
-    samples: int = 512  # training examples in the loss (a seeded subsample)
-    batch: int = 128  # examples per forward pass
-    seed: int = 0  # subsample and probe vectors
-    backend: str = "genbound"  # genbound | pyhessian (cross-check: power iteration and Hutchinson)
-    repeats: int = 1  # independent data subsamples; > 1 reports their mean and std
-    probes: int = 30  # HVPs for each trace estimator
-    lanczos_steps: int = 100  # max Lanczos steps for the top-k; steps per SLQ probe
-    tol: float = 1e-3  # relative residual tolerance of the top-k (pyhessian: its relative-change tolerance)
-    stop: str = "residual"  # residual (rigorous) | gap (residual^2 / Ritz gap: fewer HVPs, an estimate)
-    hvp: str = "auto"  # forward-over-reverse | double-backward | auto (double backward for one vector, else f-o-r)
-    cache_graphs: bool = False  # keep every batch's gradient graph: HVPs without forward passes (memory!)
-    dtype: str = "float32"  # float32 | float64 (bf16/fp16 models are evaluated in float32)
-    probe_batch: int = 8  # probe vectors per data pass (memory vs speed)
-    density_probes: int = 5  # SLQ probes
-    density_sigma: float | None = None  # Gaussian broadening; None = 1% of the Ritz-value range
-    density_grid: int = 1000  # grid points (more when sigma is small)
-    max_iter: int = 1000  # pyhessian: power iterations per eigenvalue
-    timing: bool = False  # also measure one gradient and one HVP (a few extra passes; the benchmark does more)
+    params: str = opt("trainable", 'trainable | adapters | all | dw')
+    top_k: int = opt(5, 'top eigenvalues (Lanczos)')
+    which: str = opt("largest", 'largest (algebraic) | magnitude (what power iteration and PyHessian find)')
+    trace: bool = opt(False, 'Hutchinson and Hutch++')
+    density: bool = opt(False, 'spectral density by stochastic Lanczos quadrature')
+    samples: int = opt(512, 'training examples in the loss')
+    batch: int = opt(128, 'examples per forward pass')
+    seed: int = opt(0, 'data subsample and probes')
+    backend: str = opt("genbound", 'genbound | pyhessian (cross-check)')
+    repeats: int = opt(1, 'independent data subsamples (their mean and std)')
+    probes: int = opt(30, 'HVPs per trace estimator')
+    lanczos_steps: int = opt(100, 'Lanczos steps')
+    tol: float = opt(1e-3, 'relative residual tolerance')
+    stop: str = opt(
+        "residual", 'Lanczos stopping rule: residual (rigorous) | gap (r^2 / Ritz gap: fewer HVPs, an estimate)')
+    hvp: str = opt("auto", 'auto | forward-over-reverse | double-backward')
+    cache_graphs: bool = opt(False, "keep every batch's gradient graph: HVPs without forward passes (needs memory)")
+    dtype: str = opt("float32", 'float32 | float64')
+    probe_batch: int = opt(8, 'probe vectors per data pass (memory against speed)')
+    density_probes: int = opt(5, 'SLQ probe vectors')
+    density_sigma: float | None = opt(None, 'Gaussian broadening of the density (default: 1%% of the Ritz-value range)')
+    density_grid: int = opt(1000, "points of the density's grid")
+    max_iter: int = opt(1000, 'pyhessian: power iterations per eigenvalue')
+    timing: bool = opt(False, 'also measure what one gradient and one HVP cost (a few extra passes)')
 
 
 def check_options(opts: HessianOptions) -> None:
@@ -279,3 +282,34 @@ def render(r: dict) -> str:
         cost = f"; {r['seconds_per_hvp']:.3g} s per pyhessian HVP"
     lines.append(f"{r['n_hvp']} HVPs, {r['wall_seconds']:.1f} s{cost}")
     return "\n".join(lines)
+
+
+# ---- the analysis contract (genbound/analyses.py) -------------------------------------------------------
+Options = HessianOptions
+
+
+class Result(result.Result):
+    SCHEMA = SCHEMA
+    MEASURES = {"hessian_top": (lambda a: a["eigenvalues"][0], "largest Hessian eigenvalue"),
+                "hessian_trace": (lambda a: a.get("trace"), "Hessian trace")}
+
+    def render(self) -> str:
+        return render(self.data)
+
+
+def run(loaded: Loaded, options: HessianOptions, progress: bool = False) -> Result:
+    return Result(hessian_analysis(loaded, options, progress=progress))
+
+
+OUTPUTS = [("plot", "--plot", "file")]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--plot", metavar="FILE.png", help="the spectral density (with --density)")
+
+
+def write_outputs(results: dict[str, Result], args) -> None:
+    if args.plot:
+        from .. import plots
+
+        plots.save(plots.hessian_figure({k: r.data for k, r in results.items()}), args.plot)

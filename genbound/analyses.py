@@ -1,0 +1,64 @@
+"""The analyses of a checkpoint, one registration each; the command line and studies dispatch from here.
+
+Each analysis is one module that defines:
+
+    Options                     a dataclass whose fields carry their help (genbound.options.opt): the CLI
+                                options and a study file's [analyses.NAME] section are generated from it
+    check_options(options)      one line for options that cannot give a number (before any model is loaded)
+    Result                      a genbound.result.Result subclass: SCHEMA, render(), MEASURES for compare
+    run(loaded, options, progress=False) -> Result
+    applies(scope) -> bool      whether it applies to a method scope (optional; default: always)
+    OUTPUTS, add_arguments(parser), write_outputs(results, args)
+                                optional: files it writes from the command line (plots), at the edge
+
+Adding an analysis = one module + one line below; cli.py and study.py need no edit. No torch here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from .errors import GenboundError
+
+
+@dataclass(frozen=True)
+class Analysis:
+    name: str
+    module: str  # the module that keeps the contract above
+    summary: str  # one line for `genbound --help`
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def applies(self, scope: str) -> bool:
+        mod = self.load()
+        return mod.applies(scope) if hasattr(mod, "applies") else True
+
+
+ANALYSES: dict[str, Analysis] = {}
+
+
+def register(analysis: Analysis) -> Analysis:
+    if analysis.name in ANALYSES:
+        raise ValueError(f"analysis {analysis.name} registered twice")
+    ANALYSES[analysis.name] = analysis
+    return analysis
+
+
+def get_analysis(name: str) -> Analysis:
+    try:
+        return ANALYSES[name]
+    except KeyError:
+        raise GenboundError(f"unknown analysis {name!r}; known: {', '.join(ANALYSES)}") from None
+
+
+# registration order = the order compare lists their measures in
+register(Analysis("compute", "genbound.compute",
+                  "generalization gap, the paper's bound, Theorem 1's terms and a compression bound"))
+register(Analysis("hessian", "genbound.hessian", "top eigenvalues, trace and spectral density of the training "
+                                                 "loss's Hessian"))
+register(Analysis("landscape", "genbound.landscape", "1-D and 2-D loss slices with random or trajectory-PCA "
+                                                     "directions, batched"))
+register(Analysis("spectrum", "genbound.spectra", "singular values of the learned updates and intruder dimensions"))
