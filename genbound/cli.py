@@ -57,7 +57,8 @@ def print_metrics(man: dict) -> None:
 
 # ---- training and checkpoints ----------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> None:
-    from .train import TrainConfig, train
+    from .config import TrainConfig
+    from .train import train
 
     if args.resume:
         man = train(None, args.resume, resume=True, progress=not args.quiet)
@@ -70,7 +71,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .train import TrainConfig, pretrain
+    from .config import TrainConfig
+    from .train import pretrain
 
     meta = pretrain(options_from(args, TrainConfig), args.out, progress=not args.quiet)
     m = meta["metrics"]
@@ -238,7 +240,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     add_options(p, TrainConfig)
     p.add_argument("--out", metavar="DIR", help="checkpoint directory (new or empty)")
@@ -246,7 +248,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     add_options(p, TrainConfig)
     p.add_argument("--out", metavar="DIR", required=True, help="base folder to write (then used as --model DIR)")

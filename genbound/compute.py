@@ -9,7 +9,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import bounds, result
@@ -19,7 +18,7 @@ from .errors import CheckpointError, GenboundError
 from .options import opt
 from .layers import AdapterLinear
 from .update import spectral_norm
-from .runtime import predict
+from .runtime import losses, predict
 
 SCHEMA = "genbound.compute/1"
 
@@ -69,20 +68,6 @@ def check_options(opts: ComputeOptions) -> None:
 
 
 # ---- measured (section 2) -------------------------------------------------------------------------------
-def losses(logits: torch.Tensor, y: torch.Tensor, smoothing: float | None, clip: float | None) -> dict[str, float]:
-    """Mean CE, 0-1 error, and the bounded CE (smoothed or clipped) the CE bounds speak of."""
-    ce = F.cross_entropy(logits, y, reduction="none")
-    if smoothing is not None:
-        p = (1 - smoothing) * logits.softmax(-1) + smoothing / logits.shape[-1]
-        bounded = -p.gather(1, y[:, None]).squeeze(1).log()
-    elif clip is not None:
-        bounded = ce.clamp(max=clip)
-    else:
-        bounded = ce
-    return {"ce": ce.mean().item(), "err": (logits.argmax(-1) != y).double().mean().item(),
-            "ce_bounded": bounded.mean().item()}
-
-
 def majority_error(y_train: torch.Tensor, y_test: torch.Tensor) -> float:
     """Test error of always predicting the most frequent training class: a bound on the test error above this
     says less than the trivial classifier does (vacuous)."""

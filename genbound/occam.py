@@ -19,8 +19,7 @@ from . import bounds, compress
 from .build import Built, adapter_state
 from .checkpoint import Loaded
 from .compress import encode, quantize
-from .compute import losses
-from .runtime import batch_of, logits_with, predict
+from .runtime import batch_of, logits_with, losses, predict
 
 
 def trained_deltas(loaded: Loaded, init: Built) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -37,7 +37,7 @@ from .errors import CheckpointError
 from .files import sha256_file
 from .methods import AdapterLayout, get_method, is_head, method_names
 from .runtime import evaluate, pick_device
-from .train import TrainConfig, model_ref, normalized
+from .config import TrainConfig, model_ref, normalized
 
 CONFIG, WEIGHTS, PREFIX, SHARED = "adapter_config.json", "adapter_model.safetensors", "base_model.model.", "base_model."
 

@@ -75,3 +75,17 @@ def evaluate(model: nn.Module, inputs: dict, y: torch.Tensor, batch_size: int = 
     n = len(y) if limit is None else min(limit, len(y))
     out = predict(model, inputs, n, batch_size)
     return {"loss": F.cross_entropy(out, y[:n]).item(), "acc": int((out.argmax(-1) == y[:n]).sum()) / n}
+
+
+def losses(logits: torch.Tensor, y: torch.Tensor, smoothing: float | None, clip: float | None) -> dict[str, float]:
+    """Mean CE, 0-1 error, and the bounded CE (smoothed or clipped) the CE bounds speak of."""
+    ce = F.cross_entropy(logits, y, reduction="none")
+    if smoothing is not None:
+        p = (1 - smoothing) * logits.softmax(-1) + smoothing / logits.shape[-1]
+        bounded = -p.gather(1, y[:, None]).squeeze(1).log()
+    elif clip is not None:
+        bounded = ce.clamp(max=clip)
+    else:
+        bounded = ce
+    return {"ce": ce.mean().item(), "err": (logits.argmax(-1) != y).double().mean().item(),
+            "ce_bounded": bounded.mean().item()}

@@ -47,7 +47,7 @@ class Study:
 def load_study(path: str | Path) -> Study:
     """Parse and check a study file; any unknown key, wrong type or unknown method/analysis is an error."""
     from .methods import get_method
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     path = Path(path)
     try:
@@ -192,7 +192,7 @@ def finished(study: Study, run: dict) -> bool:
 def _config_drift(expected: dict, recorded: dict) -> list[str]:
     """'key: recorded -> expected' for each training setting that differs (paths made absolute on both sides,
     the device left out: where a run trains does not change what it is)."""
-    from .train import TrainConfig, normalized
+    from .config import TrainConfig, normalized
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
@@ -217,7 +217,7 @@ def _options_drift(name: str, options: Any, stored: dict) -> list[str]:
 def drift(study: Study, runs: list[dict]) -> list[str]:
     """Runs (and analyses, and the pretrained base) on disk that were made with other settings than the study
     file now asks for, one 'name (what changed)' each; empty when everything on disk matches."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     found = []
     base = Path(study.model) / "genbound-base.json"
@@ -260,7 +260,8 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
     """Pretrain (if asked), train every run not yet finished (resuming interrupted ones), run the analyses, one
     line per step with its time. With ``shard`` = (i, n) only that share of the grid (several processes can work
     on one study). Runs, analyses or a base made with other settings than the study now asks for are refused."""
-    from .train import TrainConfig, pretrain, run_label, train
+    from .config import TrainConfig, run_label
+    from .train import pretrain, train
 
     runs_dir = Path(study.runs)
     check_drift(study, grid(study), source)

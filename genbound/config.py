@@ -1,0 +1,109 @@
+"""The settings of one training run: ``TrainConfig`` (stored in every manifest, enough to resume or rebuild the
+run), the checks that refuse meaningless settings, and the paths made absolute so a run resumes from anywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TrainingError
+from .methods import get_method, method_names
+from .models import resolve_ref
+from .options import opt
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in the manifest and enough to resume or rebuild it."""
+
+    model: str = opt("mlp", 'mlp | minilm | tiny-bert | DIR from `genbound pretrain` | HF model name or folder')
+    data: str = opt("digits", 'wordnet | fashion-mnist | mnist-5k | digits | FILE.csv | FILE.jsonl')
+    method: str = opt("lora", " ".join(method_names()))
+    rank: int = opt(16, 'adapter rank r')
+    alpha: float = opt(32.0, 'scaling s = alpha / r')
+    chain: int = opt(1, f"chain links k ({', '.join(n for n in method_names() if get_method(n).chain)})")
+    steps: int | None = opt(None, 'optimizer steps (overrides --epochs)')
+    epochs: float = opt(1.0, 'passes over the training split')
+    batch_size: int = opt(32, 'examples per step')
+    lr: float = opt(1e-3, 'AdamW learning rate (A, head; B gets lr * lr_ratio)')
+    lr_ratio: float | None = opt(None, "lr_B / lr_A (default: the method's, 16 for lora_plus, 1 otherwise)")
+    weight_decay: float = opt(0.0, 'AdamW weight decay')
+    warmup: float = opt(0.06, 'warm-up fraction of the steps')
+    clip: float = opt(1.0, 'gradient-norm clipping (0 = off)')
+    eval_every: int = opt(0, 'steps between evaluations (0 = about 10 per run)')
+    eval_samples: int = opt(1000, 'test examples used by periodic evaluations')
+    snapshot_every: int = opt(0, 'steps between trajectory snapshots (0 = about 20 per run)')
+    save_every: int = opt(0, 'steps between resume states (0 = at each evaluation)')
+    seed: int = opt(0, 'run seed: head init, random A, random selectors, data order, splits')
+    targets: list[str] | None = opt(
+        None, 'regexes over module names to adapt (default: query/value of each layer; every hidden Linear of an MLP)')
+    n_train: int | None = opt(None, "training examples (default: the task's)")
+    n_test: int | None = opt(None, "test examples (default: the task's)")
+    max_length: int = opt(128, 'token limit for text')
+    hidden: list[int] = opt([256, 256], 'hidden sizes of a random-init MLP')
+    device: str = opt("auto", 'auto | cpu | cuda')
+    amp: bool = opt(True, 'bf16 autocast on CUDA')
+    fused: bool = opt(True, 'train adapters through the fused path (merged weight; --no-fused: the reference path)')
+    graphs: bool = opt(True, 'on CUDA, replay each full-batch step as a CUDA graph (--no-graphs: eager steps)')
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings that would train nothing or train meaninglessly, in one line naming the flag."""
+    def bad(flag: str, value, want: str) -> TrainingError:
+        return TrainingError(f"--{flag} {value}: {want}")
+
+    def finite(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if cfg.steps is not None and cfg.steps < 1:
+        raise bad("steps", cfg.steps, "must be at least 1 (or leave it out and give --epochs)")
+    if cfg.steps is None and not (finite(cfg.epochs) and cfg.epochs > 0):
+        raise bad("epochs", cfg.epochs, "must be a positive number")
+    if cfg.batch_size < 1:
+        raise bad("batch-size", cfg.batch_size, "must be at least 1")
+    for flag, value in (("lr", cfg.lr), ("alpha", cfg.alpha)):
+        if not (finite(value) and value > 0):
+            raise bad(flag, value, "must be a positive number")
+    if cfg.lr_ratio is not None and not (finite(cfg.lr_ratio) and cfg.lr_ratio > 0):
+        raise bad("lr-ratio", cfg.lr_ratio, "must be a positive number")
+    if not (finite(cfg.warmup) and 0 <= cfg.warmup <= 1):
+        raise bad("warmup", cfg.warmup, "is a fraction of the steps: give a number in [0, 1]")
+    for flag, value in (("weight-decay", cfg.weight_decay), ("clip", cfg.clip)):
+        if not (finite(value) and value >= 0):
+            raise bad(flag, value, "must be >= 0 (0 = off)")
+    for flag, value in (("eval-every", cfg.eval_every), ("snapshot-every", cfg.snapshot_every),
+                        ("save-every", cfg.save_every)):
+        if value < 0:
+            raise bad(flag, value, "must be >= 0 (0 = automatic)")
+    if cfg.eval_samples < 1:
+        raise bad("eval-samples", cfg.eval_samples, "must be at least 1")
+    if cfg.max_length < 2:
+        raise bad("max-length", cfg.max_length, "must be at least 2 tokens")
+    if not cfg.hidden or any(h < 1 for h in cfg.hidden):
+        raise bad("hidden", " ".join(map(str, cfg.hidden)), "needs positive layer sizes")
+
+
+def normalized(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with local paths made absolute (a data file, a model folder), so a run resumes, and a checkpoint
+    loads, from any working directory."""
+    changes = {}
+    if Path(cfg.data).suffix.lower() in (".csv", ".jsonl"):
+        changes["data"] = str(Path(cfg.data).expanduser().resolve())
+    if cfg.model not in ("mlp",) and Path(cfg.model).expanduser().is_dir():
+        changes["model"] = str(Path(cfg.model).expanduser().resolve())
+    return dataclasses.replace(cfg, **changes)
+
+
+def model_ref(cfg: TrainConfig) -> dict:
+    opts = {"hidden": cfg.hidden} if cfg.model == "mlp" else {"max_length": cfg.max_length}
+    return resolve_ref(cfg.model, **opts)
+
+
+def run_label(cfg: TrainConfig) -> str:
+    """How a run is named in progress bars and summaries: the rank (and chain) only where the method has one."""
+    spec = get_method(cfg.method)
+    if spec.scope != "adapter":
+        return cfg.method
+    return f"{cfg.method} r={cfg.rank}" + (f" k={cfg.chain}" if cfg.chain > 1 else "")
