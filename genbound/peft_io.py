@@ -128,7 +128,7 @@ def export_peft(ckpt: str | Path, out: str | Path) -> Path:
         "peft_type": layout.peft_type, "task_type": None if base["kind"] == "mlp" else "SEQ_CLS",
         "base_model_name_or_path": base.get("path", "mlp") if base["kind"] == "mlp" else base["name"],
         "r": r, "target_modules": meth["targets"], "modules_to_save": head, "inference_mode": True,
-        **layout.peft_config(meth["alpha"]),
+        **layout.peft_config(meth["alpha"], man["seed"]),
     }
     meta = {"format": "pt", "genbound_base": json.dumps(base), "genbound_method": meth["name"],
             "genbound_checkpoint": str(ckpt.resolve())}

@@ -27,7 +27,7 @@ COMMON = ["--model", "mlp", "--data", "digits", "--hidden", "16", "16", "--steps
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--method", "dora"], "unknown method 'dora'"),
+    (["--method", "qlora"], "unknown method 'qlora'"),
     (["--method", "cla", "--rank", "65"], "only 64 input columns"),
     (["--method", "lora", "--rank", "17"], "exceeds min(n, m)"),
     (["--method", "c3la", "--rank", "8", "--chain", "9"], "8 x chain 9"),

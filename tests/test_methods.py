@@ -42,7 +42,7 @@ SELECTORS = ["rcla", "rc3la", "paca"]
 LINK_TENSORS = {  # what trains besides the head (DESIGN.md methods table)
     "head": set(), "lora": {"lora_A", "lora_B"}, "lora_plus": {"lora_A", "lora_B"}, "cola": {"lora_A", "lora_B"},
     "asym": {"lora_B"}, "rac": {"lora_B"}, "cla": {"lora_B"}, "rcla": {"lora_B"}, "c3la": {"lora_B"},
-    "rc3la": {"lora_B"}, "paca": {"columns"},
+    "rc3la": {"lora_B"}, "paca": {"columns"}, "dora": {"lora_A", "lora_B", "magnitude"}, "vera": {"vera_d", "vera_b"},
 }
 
 
@@ -103,7 +103,7 @@ def trained(tmp_path_factory):
 
 
 def test_registry_holds_the_design_methods() -> None:
-    assert sorted(METHODS) == sorted(["full", *LINK_TENSORS]) and len(METHODS) == 12
+    assert sorted(METHODS) == sorted(["full", *LINK_TENSORS]) and len(METHODS) == 14
     assert set(CHAINS) == {"cola", "rac", "c3la", "rc3la"}
 
 
@@ -114,8 +114,19 @@ def test_registry_holds_the_design_methods() -> None:
 def test_output_equals_base_at_init_mlp(digits, method: str) -> None:
     x = digits.test.x[:64].double()
     base = build_mlp(digits, "head").model.double().eval()
-    model = build_mlp(digits, method).model.double().eval()
+    built = build_mlp(digits, method)
+    model = built.model.double().eval()
+    restart_magnitudes(built)
     torch.testing.assert_close(model(x), base(x), rtol=0.0, atol=1e-12)
+
+
+def restart_magnitudes(built: Built) -> None:
+    """DoRA's m = ||W0||_row was taken in float32 before the cast to float64: take it again in float64, so that
+    W = m (W0 + s B A) / ||W0 + s B A||_row = W0 can be checked to float64 precision."""
+    with torch.no_grad():
+        for layer in built.layers.values():
+            if hasattr(layer, "magnitude"):
+                layer.magnitude.copy_(torch.linalg.norm(layer.weight, dim=1))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -123,7 +134,9 @@ def test_output_equals_base_at_init_tiny_bert(text_task, method: str) -> None:
     base, built = build_bert(text_task, "head"), build_bert(text_task, method)
     batch = built.backbone.encode(text_task.test)
     expected = logits_of(base.model.double().eval(), batch)
-    torch.testing.assert_close(logits_of(built.model.double().eval(), batch), expected, rtol=0.0, atol=1e-12)
+    built.model.double()
+    restart_magnitudes(built)
+    torch.testing.assert_close(logits_of(built.model.eval(), batch), expected, rtol=0.0, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -153,7 +166,9 @@ def paper_count(method: str) -> int:
     """THEORY.md section 3, from the layer sizes alone."""
     dense = R * sum(n + m for n, m in MATRICES.values())
     columns = R * sum(n for n, _ in MATRICES.values())
-    per_link = {"lora": dense, "lora_plus": dense, "cola": dense, "full": ALL_WEIGHTS, "head": HEAD_SIZE}
+    outputs = sum(n for n, _ in MATRICES.values())
+    per_link = {"lora": dense, "lora_plus": dense, "cola": dense, "full": ALL_WEIGHTS, "head": HEAD_SIZE,
+                "dora": dense + outputs, "vera": R * len(MATRICES) + outputs}
     return per_link.get(method, columns) * chain_of(method)
 
 
@@ -283,11 +298,11 @@ def test_rank_zero_is_refused(digits, method: str) -> None:
         build_mlp(digits, method, rank=0)
 
 
-@pytest.mark.parametrize("method", ADAPTERS)
+@pytest.mark.parametrize("method", [m for m in ADAPTERS if m != "vera"])  # VeRA slices rank-r projections: any r
 def test_rank_beyond_the_matrix_is_refused(digits, method: str) -> None:
     """Selectors need k*r <= m columns (hidden.1 has m = 32); a dense link needs r <= min(n, m) (hidden.0 is
     32 x 64), per link: a chain's k*r may exceed it."""
-    dense = get_method(method).layout.kind == "dense"
+    dense = get_method(method).layout.kind in ("dense", "dora")
     largest = 32 if dense else 32 // chain_of(method)
     build_mlp(digits, method, rank=largest)  # the largest possible rank builds
     if dense:
@@ -305,8 +320,8 @@ def test_chain_without_chain_method_is_refused(digits, method: str) -> None:
 
 
 def test_unknown_method_lists_the_known_ones(digits) -> None:
-    with pytest.raises(MethodError, match="unknown method 'dora'") as err:
-        build_mlp(digits, "dora")
+    with pytest.raises(MethodError, match="unknown method 'qlora'") as err:
+        build_mlp(digits, "qlora")
     assert all(name in str(err.value) for name in METHODS)
 
 

@@ -134,7 +134,7 @@ def _edited_copy(adapter: Path, dest: Path, **changes) -> Path:
     return dest
 
 
-@pytest.mark.parametrize(("change", "feature"), [({"use_dora": True}, "use_dora"),
+@pytest.mark.parametrize(("change", "feature"), [({"use_dora": True}, "use_dora=True"),
                                                  ({"use_rslora": True}, "use_rslora"),
                                                  ({"bias": "all"}, "bias='all'"),
                                                  ({"rank_pattern": {"hidden.0": 2}}, "rank_pattern")])

@@ -202,7 +202,7 @@ def test_an_interrupted_run_is_resumed(tmp_path, interrupt_training):
 
 
 @pytest.mark.parametrize("edit, words", [
-    (lambda s: s.replace('methods = ["lora", "cla", "c3la", "head"]', 'methods = ["lora", "dora"]'), "unknown method"),
+    (lambda s: s.replace('methods = ["lora", "cla", "c3la", "head"]', 'methods = ["lora", "qlora"]'), "unknown method"),
     (lambda s: s.replace("[train]", "[train]\nlearning_rate = 3"), "unknown option(s) ['learning_rate']"),
     (lambda s: s.replace("[train]", "[train]\nmethod = 'x'"), "may not set"),
     (lambda s: s + "\n[analyses.curvature]\n", "unknown analysis"),

@@ -155,7 +155,7 @@ class AdapterLayout(Layout):
     peft_type: str | None = None  # None: no PEFT form
     peft_out_key: str = ""  # the PEFT tensor every adapted module has, first dimension n (finds the modules)
 
-    def peft_config(self, alpha: float) -> dict:
+    def peft_config(self, alpha: float, seed: int) -> dict:
         """adapter_config.json keys beyond the common ones (peft_type, r, targets, head)."""
         return {}
 

@@ -34,7 +34,7 @@ class LoraPeft:
 
     peft_type, peft_out_key, use_dora = "LORA", "lora_B.weight", False
 
-    def peft_config(self, alpha: float) -> dict:
+    def peft_config(self, alpha: float, seed: int) -> dict:
         return {"lora_alpha": int(alpha) if float(alpha).is_integer() else alpha, "lora_dropout": 0.0,
                 "bias": "none", "use_dora": self.use_dora, "use_rslora": False, "fan_in_fan_out": False,
                 "init_lora_weights": True, "rank_pattern": {}, "alpha_pattern": {}}
