@@ -122,7 +122,7 @@ class Vera(AdapterLayout):
             raise CheckpointError(f"{where}: the shared vera_A / vera_B are missing or do not cover an {n} x {m} "
                                   f"matrix at rank {r}")
         return {self.D: tensors["vera_lambda_d"].float(), self.BVEC: tensors["vera_lambda_b"].float(),
-                self.A: a[:, :m].float(), self.B: b[:n, :].float()}
+                self.A: a[:, :m].float().clone(), self.B: b[:n, :].float().clone()}  # each layer its own copy
 
 
 VERA = register(Method("vera", "VeRA", Vera(),
