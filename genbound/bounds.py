@@ -1,4 +1,4 @@
-"""The formulas of the bounds (THEORY.md sections 3-5), as plain functions of numbers.
+"""The formulas of the bounds (docs/theory.md sections 3-5), as plain functions of numbers.
 
 - Section 3 (Xu & Raginsky 2017): |E gen| <= sqrt(2 sigma^2 I(S;W) / N), I(S;W) <= D q ln 2 nats.
 - Section 4 (Theorem 1 of the paper, in its O(L) closed form): Phi_dW and Phi_W0.

@@ -1,4 +1,4 @@
-"""A prefix-free code for the trained numbers of a checkpoint (THEORY.md section 5a, Occam bound).
+"""A prefix-free code for the trained numbers of a checkpoint (docs/theory.md section 5a, Occam bound).
 
 The message codes ``deltas`` (trained value minus its decoder-known initial value, one float32 tensor per
 trained tensor). The decoder knows, before training: the tensor names and shapes (the architecture), this

@@ -1,5 +1,5 @@
 """`genbound compute`: measured gaps, the paper's bound, Theorem 1's terms and a compression bound for one
-checkpoint (THEORY.md sections 2-5). ``compute(loaded, options)`` returns a JSON-able dict; ``render`` prints it.
+checkpoint (docs/theory.md sections 2-5). ``compute(loaded, options)`` returns a JSON-able dict; ``render`` prints it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Loss landscapes (THEORY.md section 9; Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets").
+"""Loss landscapes (docs/theory.md section 9; Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets").
 
     f(a, b) = L(theta* + a d1 + b d2),  (a, b) on a grid over [-range, range]^2  (or f(a) = L(theta* + a d1))
 

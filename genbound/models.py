@@ -65,7 +65,7 @@ def _suggest(name: str) -> str:
 
 
 class MLP(nn.Module):
-    """ReLU MLP: hidden Linear layers with ReLU, then a linear head (THEORY.md section 4's exact track)."""
+    """ReLU MLP: hidden Linear layers with ReLU, then a linear head (docs/theory.md section 4's exact track)."""
 
     def __init__(self, sizes: list[int]):
         super().__init__()

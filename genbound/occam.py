@@ -1,4 +1,4 @@
-"""The compression (Occam) bound of a checkpoint (THEORY.md section 5a).
+"""The compression (Occam) bound of a checkpoint (docs/theory.md section 5a).
 
 The trained numbers are coded as deltas from values the decoder knows before training (B = 0, A and the
 head from the run seed, W0 from the base), quantized and range coded by ``genbound.compress``; the bound

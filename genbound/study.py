@@ -1,5 +1,5 @@
 """`genbound study` and `genbound compare`: run a grid of trainings and analyses, then rank measures
-against the measured gap (THEORY.md section 6) and write a report folder.
+against the measured gap (docs/theory.md section 6) and write a report folder.
 
 A study file (TOML) names one model and one data set, the grid (methods x seeds x ranks, chains for the
 chain methods), the training options, and the analyses to run on every checkpoint. Finished checkpoints

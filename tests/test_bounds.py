@@ -15,7 +15,7 @@ from genbound.errors import GenboundError
 def test_mi_term_hand_values_and_the_papers_roberta_numbers():
     # sqrt(2 * 32 * 0.25 * ln2 * 1000 / 500) = sqrt(16 ln2 * 2)
     assert bounds.mi_term(1000, 500, 32, 0.5) == pytest.approx(math.sqrt(32 * math.log(2)), rel=1e-12)
-    # THEORY.md section 3: RoBERTa-base, q and v of 12 layers (24 matrices of 768 x 768), r = 16, q = 32, MRPC
+    # docs/theory.md section 3: RoBERTa-base, q and v of 12 layers (24 matrices of 768 x 768), r = 16, q = 32, MRPC
     lora = 16 * 24 * (768 + 768)
     cla = 16 * 24 * 768
     assert bounds.mi_term(lora, 3668, 32, 1.0) == pytest.approx(84.46, abs=0.01)

@@ -195,3 +195,28 @@ def test_quantization_aware_fine_tune_runs_on_every_method_and_puts_the_numbers_
     fresh = checkpoint.load(ckpts / method)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(loaded.task.test.x), fresh.model(loaded.task.test.x), rtol=0, atol=0)
+
+
+def test_majority_error_and_bounded_gaps_against_direct_computations(ckpts):
+    """Oracles in float64 by hand: the majority-class error counts the test labels that differ from the most
+    frequent training label; the smoothed CE is -log((1 - a) p_y + a / K), the clipped CE min(CE, M)."""
+    loaded = checkpoint.load(ckpts / "lora")
+    task = loaded.task
+    counts = {}
+    for label in task.train.y.tolist():
+        counts[label] = counts.get(label, 0) + 1
+    majority = max(sorted(counts), key=lambda c: counts[c])
+    oracle = sum(1 for label in task.test.y.tolist() if label != majority) / len(task.test)
+    enc = {s: loaded.built.backbone.encode(getattr(task, s)) for s in ("train", "test")}
+    with torch.no_grad():
+        probs = {s: loaded.model(**enc[s]).double().softmax(-1) for s in enc}
+    ys = {"train": task.train.y, "test": task.test.y}
+    for a in (0.1, 0.5):
+        r = compute(loaded, ComputeOptions(loss="ce", smoothing=a, base_gap=False))
+        assert r["majority_err"] == pytest.approx(oracle, abs=1e-12)
+        mean = {s: float(-torch.log((1 - a) * probs[s][torch.arange(len(ys[s])), ys[s]] + a / 10).mean())
+                for s in probs}
+        assert r["gap_ce_bounded"] == pytest.approx(mean["test"] - mean["train"], rel=1e-4, abs=1e-7)
+    r = compute(loaded, ComputeOptions(loss="ce", clip=0.5, base_gap=False))
+    clipped = {s: float((-torch.log(probs[s][torch.arange(len(ys[s])), ys[s]])).clamp(max=0.5).mean()) for s in probs}
+    assert r["gap_ce_bounded"] == pytest.approx(clipped["test"] - clipped["train"], rel=1e-4, abs=1e-7)

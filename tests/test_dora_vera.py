@@ -81,7 +81,8 @@ def test_import_of_peft_weights_gives_peft_outputs_and_gradients(digits, tmp_pat
     for layer_name, layer in ours.built.layers.items():
         for leaf, key in names.items():
             grad = peft_params[f"base_model.model.{layer_name}.{key}"].grad
-            torch.testing.assert_close(getattr(layer, leaf).grad, grad, rtol=1e-4, atol=1e-6, msg=f"{layer_name}.{leaf}")
+            torch.testing.assert_close(getattr(layer, leaf).grad, grad, rtol=1e-4, atol=1e-6,
+                                       msg=f"{layer_name}.{leaf}")
 
 
 def test_vera_projections_are_drawn_as_peft_draws_them(digits):

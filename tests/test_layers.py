@@ -1,5 +1,5 @@
 """Tests for genbound.layers: AdapterLinear's update against dense float64 oracles, chain links
-(next_link, reset_link_state) and the equivalences of DESIGN.md's methods table (cLA = LoRA with a
+(next_link, reset_link_state) and the equivalences of the methods table of docs/design.md (cLA = LoRA with a
 frozen selector A; PaCA on the first r columns = cLA with s = 1)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The method matrix (DESIGN.md methods table, THEORY.md section 3): every registered method on a tiny
+"""The method matrix (docs/design.md methods table, docs/theory.md section 3): every registered method on a tiny
 MLP (and tiny-bert) starts at the base, trains exactly its tensors, has the paper's parameter count,
 round-trips through a checkpoint, and refuses impossible ranks; chains and selectors are checked on
 real training runs."""
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -39,7 +40,7 @@ METHODS = method_names()
 ADAPTERS = [m for m in METHODS if get_method(m).scope == ADAPTER]
 CHAINS = [m for m in METHODS if get_method(m).chain]
 SELECTORS = ["rcla", "rc3la", "paca"]
-LINK_TENSORS = {  # what trains besides the head (DESIGN.md methods table)
+LINK_TENSORS = {  # what trains besides the head (docs/design.md methods table)
     "head": set(), "lora": {"lora_A", "lora_B"}, "lora_plus": {"lora_A", "lora_B"}, "cola": {"lora_A", "lora_B"},
     "asym": {"lora_B"}, "rac": {"lora_B"}, "cla": {"lora_B"}, "rcla": {"lora_B"}, "c3la": {"lora_B"},
     "rc3la": {"lora_B"}, "paca": {"columns"}, "dora": {"lora_A", "lora_B", "magnitude"}, "vera": {"vera_d", "vera_b"},
@@ -163,7 +164,7 @@ def test_only_the_intended_tensors_change(digits, method: str) -> None:
 
 
 def paper_count(method: str) -> int:
-    """THEORY.md section 3, from the layer sizes alone."""
+    """docs/theory.md section 3, from the layer sizes alone."""
     dense = R * sum(n + m for n, m in MATRICES.values())
     columns = R * sum(n for n, _ in MATRICES.values())
     outputs = sum(n for n, _ in MATRICES.values())
@@ -342,3 +343,32 @@ def test_functional_call_matches_forward(text_task, method: str) -> None:
     torch.testing.assert_close(out, model(**batch).logits, rtol=0.0, atol=0.0)
     zero_b = {n: torch.zeros_like(p) if n.endswith("lora_B") else p for n, p in params.items()}
     assert not torch.allclose(functional_call(model, zero_b, kwargs=batch).logits, out)
+
+
+def test_lora_plus_gives_b_its_ratio_of_the_learning_rate(digits) -> None:
+    """The optimizer groups: B (and PaCA's columns) get lr * lr_ratio, A and the head lr (16 for LoRA+ by default,
+    --lr-ratio otherwise)."""
+    for method, ratio, expected in (("lora_plus", None, 16.0), ("lora", None, 1.0), ("lora", 4.0, 4.0)):
+        built = build_mlp(digits, method)
+        opt = make_optimizer(built, TrainConfig(lr=1e-3, lr_ratio=ratio))
+        lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+        for layer in built.layers.values():
+            assert lrs[id(layer.lora_B)] == pytest.approx(1e-3 * expected)
+            assert lrs[id(layer.lora_A)] == pytest.approx(1e-3)
+        assert lrs[id(built.model.head.weight)] == pytest.approx(1e-3)
+
+
+def test_initial_a_distributions_against_peft_and_theory() -> None:
+    """LoRA's A: PEFT's Kaiming-uniform range (a = sqrt(5): U(-1/sqrt(m), 1/sqrt(m))), checked against PEFT's own
+    draw; asym/rac's frozen A: N(0, 1/m), by its sample variance over 64 x 4096 numbers (within 3%)."""
+    peft = pytest.importorskip("peft")
+    m = 4096
+    a = kaiming_a(64, m, generator(0, "x", 0))
+    model = peft.get_peft_model(torch.nn.Sequential(torch.nn.Linear(m, 64)),
+                                peft.LoraConfig(r=64, target_modules=["0"]))
+    theirs = model.base_model.model[0].lora_A["default"].weight.detach()
+    for t in (a, theirs):
+        assert float(t.abs().max()) <= 1 / math.sqrt(m) and float(t.abs().max()) > 0.99 / math.sqrt(m)
+        assert float(t.var()) == pytest.approx(1 / (3 * m), rel=0.03)  # the variance of U(-b, b) is b^2 / 3
+    g = gaussian_a(64, m, generator(0, "x", 0))
+    assert float(g.var()) == pytest.approx(1 / m, rel=0.03) and abs(float(g.mean())) < 0.01 / math.sqrt(m) * 10

@@ -163,3 +163,10 @@ def test_spectrum_counts_match_the_layers(tmp_path):
         w = (layer.weight.double() + dense).numpy()
         assert r["intruders"]["counts_per_matrix"][m["name"]][9] == direct_intruders(
             layer.weight.double().numpy(), w, 10, EPS_GRID[9])
+    # the averages: over matrices, and per layer type, from the per-matrix counts by hand
+    it, names = r["intruders"], list(built.layers)
+    for key, per in (("mean_counts", "counts_per_matrix"), ("mean_counts_all", "counts_all_per_matrix")):
+        assert it[key] == pytest.approx([sum(it[per][n][i] for n in names) / len(names) for i in range(20)])
+    assert it["mean_counts_per_type"] == {"hidden": pytest.approx(it["mean_counts"])}  # both are hidden.N
+    all_counts = direct_intruders(layer.weight.double().numpy(), w, None, EPS_GRID[13])
+    assert it["counts_all_per_matrix"][names[-1]][13] == all_counts

@@ -1,5 +1,5 @@
 """`genbound hessian`: top eigenvalues, trace and spectral density of the training-loss Hessian of one
-checkpoint (THEORY.md section 8). ``hessian_analysis(loaded, options)`` returns a JSON-able dict; ``render``
+checkpoint (docs/theory.md section 8). ``hessian_analysis(loaded, options)`` returns a JSON-able dict; ``render``
 prints it. Every estimate carries its uncertainty: Ritz residuals for eigenvalues, standard errors for
 traces, and with ``repeats`` > 1 the spread over independent data subsamples.
 """

@@ -1,4 +1,4 @@
-"""The Hessian of the mean training loss as a linear operator on a flat parameter vector (THEORY.md section 8).
+"""The Hessian of the mean training loss as a linear operator on a flat parameter vector (docs/theory.md section 8).
 
 For a parameter set theta (an ordered dict of tensors, flattened and concatenated in that order to a
 vector of dimension n) and a fixed subsample S = {(x_i, y_i)} of N training examples,
