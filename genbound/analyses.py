@@ -62,3 +62,15 @@ register(Analysis("hessian", "genbound.hessian", "top eigenvalues, trace and spe
 register(Analysis("landscape", "genbound.landscape", "1-D and 2-D loss slices with random or trajectory-PCA "
                                                      "directions, batched"))
 register(Analysis("spectrum", "genbound.spectra", "singular values of the learned updates and intruder dimensions"))
+
+
+def analyse(loaded, name: str, progress: bool = False, **options):
+    """Run analysis ``name`` on a loaded checkpoint with the given options (the fields of its Options; the rest
+    at their defaults) and return its Result."""
+    from .options import options_of
+
+    mod = get_analysis(name).load()
+    opts = options_of(mod.Options, options, f"analyse({name!r})")
+    if hasattr(mod, "check_options"):
+        mod.check_options(opts)
+    return mod.run(loaded, opts, progress=progress)
