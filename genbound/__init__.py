@@ -2,21 +2,24 @@
 
 The Python API (README, "Python API"); names are imported on first use, so ``import genbound`` stays light:
 
-    train(config, out) -> manifest          TrainConfig: every setting of a run
+    fine_tune(config, out) -> manifest      TrainConfig: every setting of a run (genbound.train.train)
     load(ckpt) -> Loaded                    a checkpoint rebuilt, its weights and data verified
     analyse(loaded, name, **options)        any registered analysis ("compute", "spectrum", "hessian",
                                             "landscape") -> its Result (JSON via ``.to_json()``, table via
                                             ``.render()``, ``result["key"]``)
-    compare(dirs) -> dict                   rows and the ranking of every measure against the gap
+    compare_checkpoints(dirs) -> dict       rows and the ranking of every measure against the gap
+                                            (genbound.compare.compare)
+
+(``train`` and ``compare`` are the modules of those names, hence the longer function names here.)
     get_method, method_names, ANALYSES      the registries
 """
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "TrainConfig": "genbound.config", "train": "genbound.train", "pretrain": "genbound.train",
+    "TrainConfig": "genbound.config", "fine_tune": ("genbound.train", "train"), "pretrain": "genbound.train",
     "load": "genbound.checkpoint", "Loaded": "genbound.checkpoint", "analyse": "genbound.analyses",
-    "ANALYSES": "genbound.analyses", "Result": "genbound.result", "compare": "genbound.compare",
+    "ANALYSES": "genbound.analyses", "Result": "genbound.result", "compare_checkpoints": ("genbound.compare", "compare"),
     "get_method": "genbound.methods", "method_names": "genbound.methods", "Update": "genbound.update",
     "load_task": "genbound.data", "GenboundError": "genbound.errors",
 }
@@ -27,5 +30,6 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        module, attr = _EXPORTS[name] if isinstance(_EXPORTS[name], tuple) else (_EXPORTS[name], name)
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'genbound' has no attribute {name!r}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from .analyses import ANALYSES, get_analysis
-from .errors import GenboundError
+from .errors import GenboundError, Interrupted
 from .options import add_options, options_from
 
 DESCRIPTION = ("Train LoRA-family adapters and measure how each generalizes: the measured gap, the paper's bound, "
@@ -77,6 +78,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     meta = pretrain(options_from(args, TrainConfig), args.out, progress=not args.quiet)
     m = meta["metrics"]
     print(f"pretrained MLP {meta['sizes']} -> {args.out}: train acc {m['train_acc']:.4f}, test acc {m['test_acc']:.4f}")
+    write_json(args.json, meta)
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -93,15 +95,18 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_export_peft(args: argparse.Namespace) -> None:
     from .peft_io import export_peft
 
-    export_peft(args.ckpt, args.out)
+    out = export_peft(args.ckpt, args.out)
     print(f"wrote PEFT adapter folder {args.out}")
+    config = json.loads((out / "adapter_config.json").read_text())
+    write_json(args.json, {"adapter": str(out), "adapter_config": config})
 
 
 def cmd_import_peft(args: argparse.Namespace) -> None:
     from .peft_io import import_peft
 
-    import_peft(args.adapter, args.out, method=args.method, data=args.data, seed=args.seed, model=args.model)
+    man = import_peft(args.adapter, args.out, method=args.method, data=args.data, seed=args.seed, model=args.model)
     print(f"wrote genbound checkpoint {args.out}")
+    write_json(args.json, man)
 
 
 # ---- analyses ----------------------------------------------------------------------------------------------
@@ -180,7 +185,8 @@ def cmd_analysis(args: argparse.Namespace) -> None:
             print(f"OTHER DATA: {path} evaluated on {loaded.data['name']}, not on the data it was trained on "
                   f"({loaded.data['trained_on']})")
         folder, method = Path(path).name, result["method"]
-        results[folder if method in folder else f"{method} ({folder})"] = result
+        label = folder if method in folder else f"{method} ({folder})"
+        results[label if label not in results else f"{label} #{len(results) + 1}"] = result  # equal names kept apart
         print(result.render())
     if hasattr(mod, "write_outputs"):
         mod.write_outputs(results, args)
@@ -195,7 +201,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     fill_missing(args.dirs, [a for a in args.analyses if a != "none"], args.device,
                  log=(lambda *a: None) if args.quiet else print)
-    write_comparison(compare(args.dirs), Path(args.out), args.title or Path(args.out).name)
+    result = compare(args.dirs)
+    write_comparison(result, Path(args.out), args.title or Path(args.out).name)
+    write_json(args.json, result)
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -218,7 +226,9 @@ def cmd_study(args: argparse.Namespace) -> None:
         shard = (i, n)
     runs = run_study(study, device=args.device, progress=not args.quiet, shard=shard, source=args.study)
     if shard is None:
-        write_comparison(compare(runs), Path(study.report), study.name)
+        result = compare(runs)
+        write_comparison(result, Path(study.report), study.name)
+        write_json(args.json, result)
     else:
         print(f"shard {args.shard}: {len(runs)} runs done; run the study without --shard for the report")
 
@@ -371,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"genbound {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Interrupted as err:  # training saved its state on Ctrl-C and says how to resume
+        print(f"genbound {args.command}: {err}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into head or less and closed early
         sys.stdout = open(os.devnull, "w")

@@ -31,7 +31,7 @@ def parse_sigma(text: str) -> float | None:
 @dataclass
 class ComputeOptions:
     loss: str = opt("01", '01 or ce (ce needs --smoothing or --clip to be bounded)')
-    bits: float = opt(32, 'q, bits per stored number')
+    bits: float = opt(32.0, 'q, bits per stored number')
     sigma: float | None = opt(None, 'sub-Gaussian parameter: auto (from the loss) or a value', parse=parse_sigma)
     smoothing: float | None = opt(None, 'prediction smoothing a')
     clip: float | None = opt(None, 'clip the cross-entropy at M')
@@ -50,14 +50,15 @@ class ComputeOptions:
 
 def check_options(opts: ComputeOptions) -> None:
     """One line naming the flag for options that cannot give a number (the bounds check the rest)."""
-    from .compress import MAX_BITS, SCHEMES
+    if opts.compress:  # the coder (constriction) is needed only then
+        from .compress import MAX_BITS, SCHEMES
 
-    bad = [b for b in opts.compress_bits if not 1 <= b <= MAX_BITS]
-    if bad:
-        raise GenboundError(f"--compress-bits {bad[0]}: quantization takes 1 to {MAX_BITS} bits")
-    unknown = [s for s in opts.schemes if s not in SCHEMES]
-    if unknown or not opts.schemes:
-        raise GenboundError(f"--schemes {' '.join(opts.schemes)}: choose from {', '.join(SCHEMES)}")
+        bad = [b for b in opts.compress_bits if not 1 <= b <= MAX_BITS]
+        if bad:
+            raise GenboundError(f"--compress-bits {bad[0]}: quantization takes 1 to {MAX_BITS} bits")
+        unknown = [s for s in opts.schemes if s not in SCHEMES]
+        if unknown or not opts.schemes:
+            raise GenboundError(f"--schemes {' '.join(opts.schemes)}: choose from {', '.join(SCHEMES)}")
     for flag, value, low in (("--qat-steps", opts.qat_steps, 0), ("--hyper-settings", opts.hyper_settings, 1),
                              ("--seed-bits", opts.seed_bits, 0), ("--batch-size", opts.batch_size, 1)):
         if value < low:
@@ -198,7 +199,8 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
     meth = man["method"]
     init = loaded.initial()
     out = {
-        "schema": SCHEMA, "checkpoint": man.get("created"), "method": meth["name"], "rank": meth["rank"],
+        "schema": SCHEMA, "checkpoint": str(loaded.path) if loaded.path else None, "method": meth["name"],
+        "rank": meth["rank"],
         "alpha": meth["alpha"], "chain_k": meth["chain_k"], "n_train": n_train, "n_test": len(task.test),
         "loss": opts.loss, "bits": opts.bits, "sigma": sigma, "sigma_source": sigma_source,
         "params_paper": counts["paper"], "params_full": counts["full"],

@@ -21,5 +21,9 @@ class TrainingError(GenboundError):
     """Training cannot go on (NaN loss, a checkpoint already in the way)."""
 
 
+class Interrupted(TrainingError):
+    """Ctrl-C during training: the resume state was saved (the command exits 130)."""
+
+
 class NonFinite(TrainingError):
     """The loss, a weight or a final metric became inf or nan: nothing is saved as a checkpoint."""

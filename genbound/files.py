@@ -1,9 +1,10 @@
 """Files on disk: atomic writes with the user's umask, JSON without inf or nan, sha256 of files, and the
 check that an output location can be written before any work starts.
 
-Every file genbound writes goes through here: it is written to a temporary name in the same folder and
-renamed, so an interrupted write leaves the previous file (or none), and it gets the mode the umask asks
-for (0644 under umask 022), not the temporary file's 0600.
+Checkpoints, manifests, analysis results, reports and caches are written here: to a temporary name in the same
+folder, then renamed, so an interrupted write leaves the previous file (or none), with the mode the umask asks
+for (0644 under umask 022), not the temporary file's 0600. Figures and landscape arrays (plots.save, numpy's
+savez) are written directly by their libraries, which also follow the umask.
 """
 
 from __future__ import annotations

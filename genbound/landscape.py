@@ -512,7 +512,8 @@ class Result(result.Result):
 
 
 def run(loaded: Loaded, options: LandscapeOptions, progress: bool = False) -> Result:
-    return Result(landscape_analysis(loaded, options, ckpt=loaded.path))
+    return Result({**landscape_analysis(loaded, options, ckpt=loaded.path),
+                   "checkpoint": str(loaded.path) if loaded.path else None})
 
 
 OUTPUTS = [("out", "--out", "prefix")]

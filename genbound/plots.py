@@ -44,7 +44,7 @@ METHOD_ORDER = tuple(METHOD_COLOURS)
 LINESTYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)))  # not ":", which marks eigenvalues
 RANK_MARKERS = ("o", "^", "D", "v", "P", "X")
 
-# Short axis labels of the measures compare ranks (study.MEASURES); unknown measures show their key.
+# Short axis labels of the measures compare ranks (the analyses' Result.MEASURES); unknown ones show their key.
 MEASURE_LABELS = {
     "paper_bound": "paper's bound on the gap (MI term, paper's D)",
     "paper_bound_full": "MI bound on the gap (D = every trained number)",

@@ -144,6 +144,11 @@ def _pm(c, digits: int = 4, fmt=None) -> str:
     return f(c[0]) if c[2] == 1 else f"{f(c[0])} +- {c[1]:.{digits}f}"
 
 
+# measures with a place of their own in the per-checkpoint table (beside what they bound, or not shown there)
+PLACED = {"paper_bound", "paper_bound_full", "log10_phi_dw", "log10_theorem1", "compression_bound"}
+SHORT = {"hessian_top": "H top", "hessian_trace": "H trace", "intruders": "intruders", "stable_rank": "stable rank"}
+
+
 def render_report(result: dict, title: str) -> str:
     """README.md of a comparison: the test error next to its bound and the gap next to its bound per method
     (over seeds), the measure ranking, and every checkpoint."""
@@ -238,27 +243,28 @@ def render_report(result: dict, title: str) -> str:
         lines += ["", "No Theorem-1 bound: these computes ran with the 0-1 loss, which is not Lipschitz; "
                       "Theorem 1's data-dependent term Phi_dW (`log10_phi_dw`) stands in for it."]
 
-    # -- every checkpoint
+    # -- every checkpoint: the bounds in their own columns, then every other measure the analyses declare
+    others_keys = [k for k in result.get("measures", {}) if k not in PLACED]
+    others_head = "".join(f"| {SHORT.get(k, k)} " for k in others_keys)
     lines += ["", "## Every checkpoint", "",
               "| checkpoint | method | r | k | seed | D paper | test acc | train CE | test CE "
               "| test err | majority err | Occam bound on test err "
               f"| {gap_names[gap_cols[0]]} | {gap_names[gap_cols[1]]} | paper bound on the gap ({loss_label}) "
               "| log10 Thm 1 bound on the CE gap "
-              "| H top | H trace | sharpness | intruders | stable rank | train s | peak MiB |", "|" + "---|" * 23]
+              f"{others_head}| train s | peak MiB |", "|" + "---|" * (18 + len(others_keys))]
     for r in sorted(rows, key=lambda r: (plots.method_sort_key(r["method"]), r["rank"], r["seed"])):
         comp = _fmt_bound(r.get("compression_bound"))
         comp += _mark([vacuous_test_error_bound(r.get("compression_bound"), r.get("majority_err"))])
         paper = _fmt(r.get("paper_bound"), 3)
         paper += _mark([vacuous_gap_bound(r.get("paper_bound"), losses[id(r)]["max_gap"])])
-        others = " | ".join(_fmt(r.get(k), 3) for k in ("hessian_top", "hessian_trace", "sharpness", "intruders",
-                                                        "stable_rank"))
+        others = "".join(f"{_fmt(r.get(k), 3)} | " for k in others_keys)
         rank = r["rank"] if r["scope"] == "adapter" else "-"
         peak = r.get("peak_gpu_memory_bytes")
         lines.append(f"| {Path(r['checkpoint']).name} | {r['method']} | {rank} | {r['chain_k']} | {r['seed']} | "
                      f"{r['params_paper']:,} | {r['test_acc']:.4f} | {r['train_loss']:.4f} | {r['test_loss']:.4f} | "
                      f"{1 - r['test_acc']:.4f} | {_fmt(r.get('majority_err'), 4)} | {comp} | "
                      f"{r[gap_cols[0]]:+.4f} | {r[gap_cols[1]]:+.4f} | {paper} | {_fmt(r.get('log10_theorem1'), 3)} | "
-                     f"{others} | {r['train_seconds']:.1f} | {'-' if peak is None else f'{peak / 2**20:.0f}'} |")
+                     f"{others}{r['train_seconds']:.1f} | {'-' if peak is None else f'{peak / 2**20:.0f}'} |")
     lines += ["", "Vacuous bounds are marked as in the tables above. Theorem 1's bound is on the gap of the unbounded "
               "cross-entropy, which has no largest value, so it is never marked; compare it with gap CE."]
     for r in rows:

@@ -1,5 +1,5 @@
 """What an analysis returns: a typed result that knows its JSON schema id, renders its table, and declares the
-measures ``genbound compare`` may rank against the gap. No torch here (compare reads stored results)."""
+measures ``genbound compare`` may rank against the gap. It imports no torch itself."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .build import Built, adapter_state, assign_state, build, parameter_counts
 from .data import Task, load_task
-from .errors import NonFinite, TrainingError
+from .errors import Interrupted, NonFinite, TrainingError
 from .files import check_folder_writable
 from .graphs import GraphedStep
 from .layers import next_link, use_fused
@@ -322,7 +322,7 @@ def _train_loop(run: _Run, cfg: TrainConfig, out: Path, ref: dict, progress: boo
         run.check_losses(pending)
         run.train_seconds += time.perf_counter() - t0  # the steps since the last sync count too
         run.save_state()
-        raise TrainingError(f"interrupted at step {run.step}/{run.total}; continue with --resume {out}") from None
+        raise Interrupted(f"interrupted at step {run.step}/{run.total}; continue with --resume {out}") from None
     finally:
         bar.close()
     peak = run.peak_memory()

@@ -4,10 +4,11 @@ Three forms (docs/theory.md sections 7 and 10):
 
     factors:  dW = s B A          B: n x K, A: K x m                       (dense low-rank links)
     columns:  dW[:, idx] += s B   B: n x K, idx: K column indices          (selectors, W's own columns)
-    dense:    dW given as an n x m matrix                                  (full fine-tuning, DoRA, VeRA's
-                                                                            diagonal scalings are folded in)
+    dense:    dW given as an n x m matrix                                  (full fine-tuning, DoRA)
 
-Everything that needs dW asks an ``Update``: the adapter layers (reference and fused paths), the merged
+(VeRA's diagonal scalings are folded into its factors: diag(b) B diag(d) and A.)
+
+Everything that needs dW as a whole asks an ``Update``: the fused path, the merged
 weight W0 + dW (summed in float32, or float64 for a float64 W0, and rounded once to the compute dtype: one
 rounding rule everywhere), landscapes in dW space, spectra, and Theorem 1's norms. Singular values come
 from the factors without forming dW: with thin QRs B = Q_B R_B and A^T = Q_A R_A, the singular values of dW
@@ -52,17 +53,6 @@ class Update:
     @staticmethod
     def dense(D: torch.Tensor) -> Update:
         return Update(D.shape[0], D.shape[1], DENSE, D=D)
-
-    @staticmethod
-    def stack(parts: list[Update]) -> Update:
-        """One update holding the sum of ``parts`` (one form and one scale), factors side by side."""
-        form, scale = parts[0].form, parts[0].scale
-        if form == FACTORS:
-            return Update.factors(torch.cat([p.B for p in parts], 1), torch.cat([p.A for p in parts], 0), scale)
-        if form == COLUMNS:
-            return Update.columns(torch.cat([p.B for p in parts], 1), torch.cat([p.idx for p in parts]),
-                                  parts[0].m, scale)
-        return Update.dense(sum(p.D for p in parts))
 
     @property
     def scaled_B(self) -> torch.Tensor:

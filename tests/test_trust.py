@@ -514,3 +514,11 @@ def test_full_and_head_runs_show_no_rank(tmp_path, capsys):
         assert line.startswith(method) and " r=" not in line
     assert main(["train", *FLAGS, "--method", "c3la", "--rank", "2", "--chain", "2", "--out", str(tmp_path / "c")]) == 0
     assert capsys.readouterr().out.startswith("c3la r=2 k=2")
+
+
+def test_compute_without_compress_needs_no_coder(ck, tmp_path):
+    """The range coder (constriction) is needed only with --compress (a GPU machine may lack it)."""
+    code = ("import sys; sys.modules['constriction'] = None; from genbound.cli import main; "
+            f"sys.exit(main(['compute', '--ckpt', {str(ck)!r}, '--quiet']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -225,7 +225,7 @@ def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = Fals
         bar.close()
         model.train(was_training)
     man = loaded.manifest
-    out = {"schema": SCHEMA, "checkpoint": man.get("created"), "method": man["method"]["name"],
+    out = {"schema": SCHEMA, "checkpoint": str(loaded.path) if loaded.path else None, "method": man["method"]["name"],
            "rank": man["method"]["rank"], "chain_k": man["method"]["chain_k"], "backend": opts.backend,
            "params": opts.params, "param_tensors": [{"name": k, "shape": list(v.shape)} for k, v in params.items()],
            "n_params": n, "n_train": len(loaded.task.train), "samples_requested": opts.samples, "batch": opts.batch,

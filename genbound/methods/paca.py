@@ -32,9 +32,6 @@ class OwnColumns(Selector):
         layer.register_buffer(self.W0_COLS, layer.weight.detach()[:, layer.idx].float().clone())
         layer.columns = nn.Parameter(layer.w0_cols.clone())
 
-    def start_link(self, layer, link: int) -> None:
-        raise NotImplementedError("PaCA has no chain")
-
     def refresh(self, layer) -> None:
         super().refresh(layer)
         layer.w0_cols = layer.weight.detach()[:, layer.idx].to(layer.w0_cols.dtype).clone()
