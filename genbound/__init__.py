@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TrainConfig": "genbound.config", "fine_tune": ("genbound.train", "train"), "pretrain": "genbound.train",
     "load": "genbound.checkpoint", "Loaded": "genbound.checkpoint", "analyse": "genbound.analyses",
-    "ANALYSES": "genbound.analyses", "Result": "genbound.result", "compare_checkpoints": ("genbound.compare", "compare"),
+    "ANALYSES": "genbound.analyses", "Result": "genbound.result",
+    "compare_checkpoints": ("genbound.compare", "compare"),
     "get_method": "genbound.methods", "method_names": "genbound.methods", "Update": "genbound.update",
     "load_task": "genbound.data", "GenboundError": "genbound.errors",
 }

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from .errors import GenboundError
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -37,21 +38,8 @@ class Analysis:
         return mod.applies(scope) if hasattr(mod, "applies") else True
 
 
-ANALYSES: dict[str, Analysis] = {}
-
-
-def register(analysis: Analysis) -> Analysis:
-    if analysis.name in ANALYSES:
-        raise ValueError(f"analysis {analysis.name} registered twice")
-    ANALYSES[analysis.name] = analysis
-    return analysis
-
-
-def get_analysis(name: str) -> Analysis:
-    try:
-        return ANALYSES[name]
-    except KeyError:
-        raise GenboundError(f"unknown analysis {name!r}; known: {', '.join(ANALYSES)}") from None
+ANALYSES: Registry[Analysis] = Registry("analysis", GenboundError)
+register, get_analysis = ANALYSES.add, ANALYSES.find
 
 
 # registration order = the order compare lists their measures in

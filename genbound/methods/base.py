@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import MethodError
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..layers import AdapterLinear
@@ -246,22 +247,8 @@ class Method:
         return self.layout.paper_count(n, m, r, self.links(k))
 
 
-_REGISTRY: dict[str, Method] = {}
-
-
-def register(method: Method) -> Method:
-    if method.name in _REGISTRY:
-        raise ValueError(f"method {method.name} registered twice")
-    _REGISTRY[method.name] = method
-    return method
-
-
-def get_method(name: str) -> Method:
-    """The method registered under ``name``; MethodError naming the known ones otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise MethodError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}") from None
+_REGISTRY: Registry[Method] = Registry("method", MethodError)
+register, get_method = _REGISTRY.add, _REGISTRY.find
 
 
 def method_names() -> list[str]:

@@ -18,7 +18,7 @@ from ..fused import fused_lowrank
 from ..runtime import generator
 from ..update import Update
 from .base import AdapterLayout, Method, first_columns, random_columns, random_window, register, window
-from .lora import LoraPeft, one_link, peft_pair
+from .lora import LoraPeft, freeze_B, frozen_columns, one_link, peft_pair
 
 Select = Callable[[int, int, int, int, torch.Generator], torch.Tensor]
 
@@ -63,16 +63,12 @@ class Selector(LoraPeft, AdapterLayout):
 
     @torch.no_grad()
     def start_link(self, layer, link: int) -> None:
-        layer.frozen_B = torch.cat([layer.frozen_B, layer.lora_B.detach().clone()], 1)
         layer.frozen_idx = torch.cat([layer.frozen_idx, layer.idx])
         layer.idx = self.draw_idx(layer, link).to(layer.idx.device, torch.long)
-        layer.lora_B.zero_()
+        freeze_B(layer)
 
     def refresh(self, layer) -> None:
-        n, m, r = layer.out_features, layer.in_features, layer.r
-        K = layer.frozen_B.shape[1]
-        if layer.frozen_B.shape[0] != n or K % r:
-            raise ValueError(f"frozen_B has shape {tuple(layer.frozen_B.shape)}, expected ({n}, a multiple of {r})")
+        m, r, K = layer.in_features, layer.r, frozen_columns(layer)
         for key, size in ((self.IDX, r), (self.FROZEN_IDX, K)):
             t = getattr(layer, key)
             if t.shape != (size,) or (size and not 0 <= int(t.min()) <= int(t.max()) < m):

@@ -94,16 +94,12 @@ class LowRank(LoraPeft, AdapterLayout):
 
     @torch.no_grad()
     def start_link(self, layer, link: int) -> None:
-        layer.frozen_B = torch.cat([layer.frozen_B, layer.lora_B.detach().clone()], 1)
         layer.frozen_A = torch.cat([layer.frozen_A, layer.lora_A.detach().clone()], 0)
         layer.lora_A.copy_(self.draw_a(layer, link))
-        layer.lora_B.zero_()
+        freeze_B(layer)
 
     def refresh(self, layer) -> None:
-        n, m, r = layer.out_features, layer.in_features, layer.r
-        K = layer.frozen_B.shape[1]
-        if layer.frozen_B.shape[0] != n or K % r:
-            raise ValueError(f"frozen_B has shape {tuple(layer.frozen_B.shape)}, expected ({n}, a multiple of {r})")
+        m, K = layer.in_features, frozen_columns(layer)
         if tuple(layer.frozen_A.shape) != (K, m):
             raise ValueError(f"frozen_A has shape {tuple(layer.frozen_A.shape)}, expected ({K}, {m})")
 
@@ -155,6 +151,21 @@ class LowRank(LoraPeft, AdapterLayout):
     def from_peft(self, tensors, shared, n, m, r, method, where):
         a, b = peft_pair(tensors, n, m, r, where)
         return {self.A: a, self.B: b}
+
+
+@torch.no_grad()
+def freeze_B(layer) -> None:
+    """Chain boundary, the output side: the link's B joins the frozen B and a fresh B = 0 starts."""
+    layer.frozen_B = torch.cat([layer.frozen_B, layer.lora_B.detach().clone()], 1)
+    layer.lora_B.zero_()
+
+
+def frozen_columns(layer) -> int:
+    """K, the frozen links' width, after checking frozen_B is n x (a multiple of r) (ValueError otherwise)."""
+    n, r, K = layer.out_features, layer.r, layer.frozen_B.shape[1]
+    if layer.frozen_B.shape[0] != n or K % r:
+        raise ValueError(f"frozen_B has shape {tuple(layer.frozen_B.shape)}, expected ({n}, a multiple of {r})")
+    return K
 
 
 def one_link(tensors: dict[str, torch.Tensor], frozen: str, where: str) -> None:
