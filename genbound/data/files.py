@@ -1,4 +1,6 @@
-"""User text files: ``.csv`` (a header) or ``.jsonl`` (one object a line) with ``text`` and ``label``."""
+"""User text files: ``.csv`` (a header) or ``.jsonl`` (one object a line) with ``text`` and ``label``, or with
+``text_a``, ``text_b`` and ``label`` for sentence pairs (each example then is the pair (a, b), which a text model
+reads as the tokenizer's pair input)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from ..errors import DataError
 from .base import Split, Task, _info, _split_pools
 
 
-def _read_rows(path: Path) -> list[tuple[str, object]]:
-    """(text, raw label) rows of a .csv (header with text,label) or .jsonl file."""
+Text = str | tuple[str, str]
+
+
+def _read_rows(path: Path) -> list[tuple[Text, object]]:
+    """(text or (text_a, text_b), raw label) rows of a .csv (a header) or .jsonl file."""
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     try:
@@ -30,25 +35,46 @@ def _read_rows(path: Path) -> list[tuple[str, object]]:
     return rows
 
 
-def _csv_rows(f: TextIO, path: Path) -> list[tuple[str, object]]:
+def _columns(names: list[str], where: str) -> tuple[str, ...]:
+    """The text columns of a file: ("text",) or ("text_a", "text_b"); one line when they are incomplete."""
+    if "text_a" in names or "text_b" in names:
+        missing = [c for c in ("text_a", "text_b", "label") if c not in names]
+        if missing:
+            raise DataError(f"{where} lacks {', '.join(missing)}: a sentence-pair file needs columns text_a, "
+                            "text_b and label (has "
+                            f"{', '.join(names)})")
+        return ("text_a", "text_b")
+    missing = [c for c in ("text", "label") if c not in names]
+    if missing:
+        raise DataError(f"{where} lacks column(s) {', '.join(missing)} (has {', '.join(names)}; "
+                        "sentence pairs: text_a, text_b, label)")
+    return ("text",)
+
+
+def _text(rec: dict, columns: tuple[str, ...]) -> Text | None:
+    values = [rec.get(c) for c in columns]
+    if any(not isinstance(v, str) for v in values):
+        return None
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _csv_rows(f: TextIO, path: Path) -> list[tuple[Text, object]]:
     reader = csv.DictReader(f)
     if reader.fieldnames is None:
-        raise DataError(f"{path}: empty file (expected a header with columns text,label)")
-    missing = [c for c in ("text", "label") if c not in reader.fieldnames]
-    if missing:
-        raise DataError(f"{path}:1: header lacks column(s) {', '.join(missing)} "
-                        f"(has {', '.join(reader.fieldnames)})")
-    rows: list[tuple[str, object]] = []
+        raise DataError(f"{path}: empty file (expected a header with columns text,label or text_a,text_b,label)")
+    columns = _columns(list(reader.fieldnames), f"{path}:1: header")
+    rows: list[tuple[Text, object]] = []
     for rec in reader:
-        text, label = rec.get("text"), rec.get("label")
+        text, label = _text(rec, columns), rec.get("label")
         if text is None or label is None or label.strip() == "":
-            raise DataError(f"{path}:{reader.line_num}: missing text or label")
+            raise DataError(f"{path}:{reader.line_num}: missing {' or '.join(columns)} or label")
         rows.append((text, label.strip()))
     return rows
 
 
-def _jsonl_rows(f: TextIO, path: Path) -> list[tuple[str, object]]:
-    rows: list[tuple[str, object]] = []
+def _jsonl_rows(f: TextIO, path: Path) -> list[tuple[Text, object]]:
+    rows: list[tuple[Text, object]] = []
+    columns: tuple[str, ...] | None = None
     for lineno, line in enumerate(f, 1):
         if not line.strip():
             continue
@@ -56,11 +82,16 @@ def _jsonl_rows(f: TextIO, path: Path) -> list[tuple[str, object]]:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg})") from err
-        if not isinstance(rec, dict) or "text" not in rec or "label" not in rec:
-            raise DataError(f"{path}:{lineno}: expected an object with keys text and label")
-        if not isinstance(rec["text"], str) or not isinstance(rec["label"], (str, int)):
-            raise DataError(f"{path}:{lineno}: text must be a string, label a string or int")
-        rows.append((rec["text"], rec["label"]))
+        if not isinstance(rec, dict) or not ("text" in rec or "text_a" in rec or "text_b" in rec):
+            raise DataError(f"{path}:{lineno}: expected an object with keys text and label (or text_a, text_b, label)")
+        columns = columns or _columns(list(rec), f"{path}:{lineno}:")
+        if any(c not in rec for c in (*columns, "label")):
+            raise DataError(f"{path}:{lineno}: expected an object with keys {', '.join(columns)} and label")
+        text = _text(rec, columns)
+        if text is None or not isinstance(rec.get("label"), (str, int)) or isinstance(rec.get("label"), bool):
+            what = "text must be a string" if len(columns) == 1 else "text_a and text_b must be strings"
+            raise DataError(f"{path}:{lineno}: {what}, label a string or int")
+        rows.append((text, rec["label"]))
     return rows
 
 
@@ -84,7 +115,8 @@ def _load_text_file(path: Path, name: str, seed: int, n_train: int | None, n_tes
     def split(idx: np.ndarray) -> Split:
         return Split([rows[i][0] for i in idx], torch.from_numpy(y[idx]))
 
+    pairs = isinstance(rows[0][0], tuple)
     info = _info(str(path), seed, train, test, avail_train, avail_test,
-                 "raw text; sorted unique labels mapped to 0..K-1; seeded split with "
-                 f"test_fraction={test_fraction}", test_fraction=test_fraction)
+                 f"raw {'text pairs (text_a, text_b)' if pairs else 'text'}; sorted unique labels mapped to 0..K-1; "
+                 f"seeded split with test_fraction={test_fraction}", test_fraction=test_fraction, pairs=pairs)
     return Task(name, "text", len(class_names), split(train), split(test), class_names, info)
