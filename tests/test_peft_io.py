@@ -20,7 +20,8 @@ from genbound.train import TrainConfig, train
 peft = pytest.importorskip("peft")
 
 MLP_METHODS = ["lora", "lora_plus", "asym", "cla", "rcla"]
-CASES = [("mlp", m) for m in MLP_METHODS] + [("tiny-bert", "lora"), ("tiny-bert", "cla")]
+CASES = [("mlp", m) for m in MLP_METHODS] + [("tiny-bert", "lora"), ("tiny-bert", "cla"), ("tiny-llama", "lora"),
+                                               ("tiny-llama", "rcla")]
 
 
 def _text_csv(folder: Path) -> Path:
@@ -51,7 +52,7 @@ def runs(tmp_path_factory) -> dict:
                                   alpha=8, eval_samples=100, device="cpu")
             else:
                 data = root / "tiny.csv" if (root / "tiny.csv").exists() else _text_csv(root)
-                cfg = TrainConfig(model="tiny-bert", data=str(data), steps=5, method=method, rank=4, alpha=8,
+                cfg = TrainConfig(model=model, data=str(data), steps=5, method=method, rank=4, alpha=8,
                                   lr=1e-2, eval_samples=100, device="cpu")
             train(cfg, out, progress=False)
             cache[model, method] = out
