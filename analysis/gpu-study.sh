@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A study file analysis/NAME.toml on the GPU machine (device tool), as SHARDS parallel processes spread over the
+# GPUs there; the runs not yet finished are dealt over the shards, seed 0 of every method first, so a call cut
+# short by LIMIT still leaves whole seeds. Then the report over every run whose analyses all finished, and one
+# archive under $OUT. SHARDS = the number of runs left gives each its own process.
+# Carry: .carry (minilm16 + wordnet/*.gz) and .whl (the constriction wheel for Python 3.12).
+# Usage there: SHARDS=12 LIMIT=470 bash analysis/gpu-study.sh NAME   (NAME: minilm-wordnet, minilm-wordnet-pairs)
+# The kept results of earlier calls (reports/NAME/runs: manifests, metrics, analysis JSONs) count as finished.
+set -uo pipefail
+NAME=${1:?usage: bash analysis/gpu-study.sh NAME}
+SHARDS=${SHARDS:-12}
+LIMIT=${LIMIT:-470}
+OUT=${OUT:-runs/out}
+export GENBOUND_WORDNET_DIR=/tmp/wordnet PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+mkdir -p "$GENBOUND_WORDNET_DIR" "$OUT" runs/logs
+for f in .carry/wordnet/*.gz; do gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .gz)"; done
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p "runs/$NAME"  # finished runs (results, no weights) are skipped by the study
+for d in reports/"$NAME"/runs/*/; do [ -d "$d" ] && { [ -d "runs/$NAME/$(basename "$d")" ] || cp -r "$d" "runs/$NAME/"; }; done
+GPUS=$(nvidia-smi -L | wc -l)
+for i in $(seq 0 $((SHARDS - 1))); do
+  CUDA_VISIBLE_DEVICES=$((i % GPUS)) timeout "$LIMIT" python3 -m genbound study "analysis/$NAME.toml" \
+    --shard "$i/$SHARDS" --quiet > "runs/logs/shard-$i.log" 2>&1 &
+done
+wait
+mapfile -t done_runs < <(python3 - "analysis/$NAME.toml" <<'PY'  # the runs the study counts as finished
+import sys
+
+from genbound.study import finished, grid, load_study
+
+study = load_study(sys.argv[1])
+print("\n".join(f"{study.runs}/{r['name']}" for r in grid(study) if finished(study, r)))
+PY
+)
+echo "${#done_runs[@]} runs with every analysis"
+timeout 90 python3 -m genbound compare "${done_runs[@]}" --out "reports/$NAME" --title "$NAME" \
+  > runs/logs/compare.log 2>&1 || echo "compare failed: see runs/logs/compare.log"
+tar czf "$OUT/$NAME.tgz" --exclude='*.safetensors' --exclude='*.pt' "reports/$NAME" runs/logs \
+  $(for d in "runs/$NAME"/*/; do ls "$d"genbound.json "$d"metrics.jsonl "$d"analysis/*.json 2>/dev/null; done)
+ls -la "$OUT"
