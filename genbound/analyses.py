@@ -52,6 +52,15 @@ register(Analysis("landscape", "genbound.landscape", "1-D and 2-D loss slices wi
 register(Analysis("spectrum", "genbound.spectra", "singular values of the learned updates and intruder dimensions"))
 
 
+def execute(loaded, name: str, options, progress: bool = False):
+    """Analysis ``name`` on a loaded checkpoint with an options object: its Result, whose JSON names the checkpoint
+    folder (the command line, studies and ``analyse`` all run analyses through here)."""
+    result = get_analysis(name).load().run(loaded, options, progress=progress)
+    if loaded.path is not None:
+        result.data["checkpoint"] = str(loaded.path)
+    return result
+
+
 def analyse(loaded, name: str, progress: bool = False, **options):
     """Run analysis ``name`` on a loaded checkpoint with the given options (the fields of its Options; the rest
     at their defaults) and return its Result."""
@@ -61,4 +70,4 @@ def analyse(loaded, name: str, progress: bool = False, **options):
     opts = options_of(mod.Options, options, f"analyse({name!r})")
     if hasattr(mod, "check_options"):
         mod.check_options(opts)
-    return mod.run(loaded, opts, progress=progress)
+    return execute(loaded, name, opts, progress)

@@ -23,13 +23,9 @@ from . import __version__
 from .build import Built, adapter_state, assign_state, build
 from .data import Task, load_task
 from .errors import CheckpointError, GenboundError, NonFinite, TrainingError
-from .files import (append_jsonl, atomic_save_tensors, atomic_torch_save, atomic_write_text, check_folder_writable,
-                    json_text, sha256_file)
+from .files import atomic_save_tensors, atomic_write_text, check_folder_writable, json_text, sha256_file
 
-__all__ = ["append_jsonl", "atomic_save_tensors", "atomic_torch_save", "atomic_write_text", "load", "read_manifest",
-           "save", "Loaded"]
-
-MANIFEST, ADAPTER, METRICS, TRAJECTORY = "genbound.json", "adapter.safetensors", "metrics.jsonl", "trajectory"
+MANIFEST, ADAPTER, TRAJECTORY = "genbound.json", "adapter.safetensors", "trajectory"
 FORMAT_VERSION = 2  # 2: sha256 of every weight file ("files") and the splits' fingerprints (task.fingerprint)
 
 NUMBER = (int, float)

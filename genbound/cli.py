@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .analyses import ANALYSES, get_analysis
+from .analyses import ANALYSES, execute, get_analysis
 from .errors import GenboundError, Interrupted
 from .options import add_options, options_from
 
@@ -175,10 +175,9 @@ def cmd_analysis(args: argparse.Namespace) -> None:
         loaded = load_for_analysis(ckpt, args)
         path = str(loaded.path)
         try:
-            result = mod.run(loaded, options, progress=not args.quiet)
+            result = execute(loaded, args.command, options, progress=not args.quiet)
         except GenboundError as err:
             raise GenboundError(f"{path}: {err}") from None
-        result.data["checkpoint"] = path
         if loaded.other_data or args.data:
             result.data["data"] = loaded.data
         if loaded.other_data:

@@ -95,6 +95,21 @@ def measures() -> dict[str, tuple[str, object]]:
     return out
 
 
+def bounded_loss(comp: dict) -> dict:
+    """The loss a compute result's MI bound speaks of: ``loss`` ("01", "ce" or None without a compute), ``loss_label``
+    (words, naming the smoothing or clip), ``loss_range`` (the largest gap that loss allows: 1 for the 0-1 loss,
+    b = 2 sigma for a CE bounded in [0, b]; None when the user set sigma, so the range is not known)."""
+    loss, opts = comp.get("loss"), comp.get("options") or {}
+    if loss == "01":
+        return {"loss": "01", "loss_label": "0-1 loss", "loss_range": 1.0}
+    if loss != "ce":
+        return {"loss": None, "loss_label": None, "loss_range": None}
+    label = (f"CE smoothed by a={opts['smoothing']:g}" if opts.get("smoothing") is not None
+             else f"CE clipped at {opts['clip']:g}" if opts.get("clip") is not None else "CE")
+    known = opts.get("sigma") is None and isinstance(comp.get("sigma"), (int, float))
+    return {"loss": "ce", "loss_label": label, "loss_range": 2 * comp["sigma"] if known else None}
+
+
 def row_of(ckpt: Path) -> dict:
     """One table row: the manifest's facts and every measure whose analysis is on disk."""
     man = checkpoint.read_manifest(ckpt)
@@ -112,9 +127,7 @@ def row_of(ckpt: Path) -> dict:
               for n in ANALYSES if (ckpt / "analysis" / f"{n}.json").is_file()}
     comp = stored.get("compute", {})
     row["majority_err"] = comp.get("majority_err")  # the trivial classifier's test error
-    row["loss"] = comp.get("loss")  # the loss the paper's bound speaks of, and the largest gap it can have
-    row["loss_range"] = (1.0 if comp.get("loss") == "01" else 2 * comp["sigma"]
-                         if comp.get("loss") == "ce" and (comp.get("options") or {}).get("sigma") is None else None)
+    row.update(bounded_loss(comp))
     values: dict[str, float | None] = {}
     for name, (source, result_cls) in measures().items():
         if source in stored and name not in values:

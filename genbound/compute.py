@@ -202,8 +202,7 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
     meth = man["method"]
     init = loaded.initial()
     out = {
-        "schema": SCHEMA, "checkpoint": str(loaded.path) if loaded.path else None, "method": meth["name"],
-        "rank": meth["rank"],
+        "schema": SCHEMA, "method": meth["name"], "rank": meth["rank"],
         "alpha": meth["alpha"], "chain_k": meth["chain_k"], "n_train": n_train, "n_test": len(task.test),
         "loss": opts.loss, "bits": opts.bits, "sigma": sigma, "sigma_source": sigma_source,
         "params_paper": counts["paper"], "params_full": counts["full"],

@@ -32,11 +32,6 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def merged_weight(weight: torch.Tensor, parts: list[Update], dtype: torch.dtype) -> torch.Tensor:
-    """W0 + dW with the frozen links first, then the trainable one (update.merged: one rounding)."""
-    return merged(weight, parts, dtype)
-
-
 class FusedLowRank(torch.autograd.Function):
     """(x, W0, b, B, A | None, idx | None, frozen: Update, s, dtype) -> y = x (W0 + frozen + s B A)^T + b
     (selectors: s B on the columns idx); see the module docstring."""
@@ -46,7 +41,7 @@ class FusedLowRank(torch.autograd.Function):
         current = Update.factors(B, A, scale) if A is not None else Update.columns(B, idx, weight.shape[1], scale)
         with torch.autocast(x.device.type, enabled=False):
             xc = x.to(dtype)
-            W = merged_weight(weight, [frozen, current], dtype)
+            W = merged(weight, [frozen, current], dtype)
             y = F.linear(xc, W, None if bias is None else bias.to(dtype))
             need_b, need_a = ctx.needs_input_grad[3], A is not None and ctx.needs_input_grad[4]
             proj = None
@@ -67,7 +62,7 @@ class FusedLowRank(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 if W is None:
                     current = Update.factors(B, A, s) if A is not None else Update.columns(B, idx, weight.shape[1], s)
-                    W = merged_weight(weight, [ctx.frozen, current], dtype)
+                    W = merged(weight, [ctx.frozen, current], dtype)
                 grads[0] = (gy @ W).to(ctx.x_dtype)
             g2 = gy.reshape(-1, gy.shape[-1])
             if ctx.has_bias and ctx.needs_input_grad[2]:

@@ -512,8 +512,7 @@ class Result(result.Result):
 
 
 def run(loaded: Loaded, options: LandscapeOptions, progress: bool = False) -> Result:
-    return Result({**landscape_analysis(loaded, options, ckpt=loaded.path),
-                   "checkpoint": str(loaded.path) if loaded.path else None})
+    return Result(landscape_analysis(loaded, options, ckpt=loaded.path))
 
 
 OUTPUTS = [("out", "--out", "prefix")]

@@ -8,6 +8,7 @@ tensors (the head excluded), which a checkpoint records and checks on load.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -33,9 +34,11 @@ class BaseMissing(GenboundError):
     """The base model folder a checkpoint (or a resumed run) names is not there any more."""
 
 
+@functools.lru_cache(maxsize=1)
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (HF_ENDPOINT) answers a TCP connection within ``timeout`` seconds; False
-    at once under HF_HUB_OFFLINE=1. Offline is detected here, so a model name is never waited out on retries."""
+    at once under HF_HUB_OFFLINE=1. Offline is detected here, so a model name is never waited out on retries;
+    asked once per process (loading a model asks twice: before and while reading it)."""
     from urllib.parse import urlparse
 
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):

@@ -25,11 +25,6 @@ def opt(default: Any, help: str, flag: str | None = None, parse: Callable[[str],
     return dataclasses.field(default=default, metadata=meta)
 
 
-def help_of(cls: type, name: str) -> str:
-    """The help text of field ``name`` of options class ``cls``."""
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
-
-
 def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """One --option per field of ``cls``, typed from its annotation, with the field's help."""
     hints = typing.get_type_hints(cls)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from . import checkpoint
+from . import checkpoint, files
 from .build import adapter_state, assign_state, build, parameter_counts
 from .data import load_task
 from .errors import CheckpointError
@@ -132,8 +132,8 @@ def export_peft(ckpt: str | Path, out: str | Path) -> Path:
     }
     meta = {"format": "pt", "genbound_base": json.dumps(base), "genbound_method": meth["name"],
             "genbound_checkpoint": str(ckpt.resolve())}
-    checkpoint.atomic_save_tensors(peft, out / WEIGHTS, meta)  # weights first, the config marks completion
-    checkpoint.atomic_write_text(out / CONFIG, json.dumps(config, indent=2))
+    files.atomic_save_tensors(peft, out / WEIGHTS, meta)  # weights first, the config marks completion
+    files.atomic_write_text(out / CONFIG, json.dumps(config, indent=2))
     return out
 
 

@@ -73,43 +73,15 @@ def _group(r: dict) -> tuple:
 
 
 # ---- vacuity -------------------------------------------------------------------------------------------
-def bound_loss(row: dict, cache: dict | None = None) -> dict:
+def bound_loss(row: dict) -> dict:
     """The loss the compute analysis bounded (the paper's bound is on that loss's gap) and the largest gap it
-    allows: {"loss": "01" | "ce" | None, "label": words, "max_gap": float | None}. From the checkpoint's
-    analysis/compute.json when it is on disk (it names the smoothing or clip), else from the row's ``loss`` and
-    ``loss_range`` when it carries them, else loss None with the 0-1 loss's limit (the caller says so)."""
-    key = str(row.get("checkpoint"))
-    if cache is not None and key in cache:
-        return cache[key]
-    info = {"loss": None, "label": "0-1 loss", "max_gap": 1.0}
-    path = Path(key) / "analysis" / "compute.json"
-    c = {}
-    if row.get("checkpoint") and path.is_file():
-        try:
-            c = json.loads(path.read_text())
-        except (OSError, ValueError):
-            c = {}
-    opts = c.get("options") or {}
-    if c.get("loss") == "01":
-        info = {"loss": "01", "label": "0-1 loss", "max_gap": 1.0}
-    elif c.get("loss") == "ce":
-        if opts.get("smoothing") is not None:
-            label = f"CE smoothed by a={opts['smoothing']:g}"
-        elif opts.get("clip") is not None:
-            label = f"CE clipped at {opts['clip']:g}"
-        else:
-            label = "CE"
-        # a loss in [0, b] has sigma = b / 2 unless the user set sigma: then the range is not known here
-        given = opts.get("sigma") is not None
-        info = {"loss": "ce", "label": label,
-                "max_gap": None if given or not _number(c.get("sigma")) else 2 * c["sigma"]}
-    elif row.get("loss") is not None:
-        loss = row["loss"]
-        info = {"loss": loss, "label": "0-1 loss" if loss == "01" else "bounded CE",
-                "max_gap": row.get("loss_range", 1.0 if loss == "01" else None)}
-    if cache is not None:
-        cache[key] = info
-    return info
+    allows, from the row (``compare.bounded_loss``): {"loss": "01" | "ce" | None, "label": words, "max_gap":
+    float | None}; without a compute, loss None with the 0-1 loss's limit (the caller says so)."""
+    loss = row.get("loss")
+    if loss is None:
+        return {"loss": None, "label": "0-1 loss", "max_gap": 1.0}
+    return {"loss": loss, "label": row.get("loss_label") or ("0-1 loss" if loss == "01" else "bounded CE"),
+            "max_gap": row.get("loss_range", 1.0 if loss == "01" else None)}
 
 
 def vacuous_test_error_bound(bound, majority_err) -> bool | None:
@@ -155,8 +127,7 @@ def render_report(result: dict, title: str) -> str:
     rows = [{**r, "test_err": 1 - r["test_acc"]} for r in result["rows"]]
     model = rows[0]["model"]
     model = Path(model).name if "/" in model else model
-    cache: dict = {}
-    losses = {id(r): bound_loss(r, cache) for r in rows}
+    losses = {id(r): bound_loss(r) for r in rows}
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"# {title}", "", f"{len(rows)} checkpoints of {model} on {rows[0]['data']} "
              f"({len({_group(r) for r in rows})} method/rank groups, {len(seeds)} seed{'s' * (len(seeds) != 1)}).", ""]

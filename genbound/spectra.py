@@ -199,8 +199,7 @@ class Result(result.Result):
 
 
 def run(loaded, options: Options, progress: bool = False) -> Result:
-    return Result({**checkpoint_spectrum(loaded, options.intruders, options.top_k), "options": asdict(options),
-                   "checkpoint": str(loaded.path) if loaded.path else None})
+    return Result({**checkpoint_spectrum(loaded, options.intruders, options.top_k), "options": asdict(options)})
 
 
 OUTPUTS = [("plot", "--plot", "file")]

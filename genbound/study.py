@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
-from .analyses import ANALYSES, get_analysis
+from .analyses import ANALYSES, execute, get_analysis
 from .errors import GenboundError
 from .files import write_json
 
@@ -131,7 +131,7 @@ def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", load
     from .runtime import pick_device
 
     loaded = loaded or checkpoint.load(ckpt, device=pick_device(device))
-    result = get_analysis(name).load().run(loaded, options, progress=progress).to_json()
+    result = execute(loaded, name, options, progress).to_json()
     write_json(path, result)
     return result
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, files
 from .build import Built, adapter_state, assign_state, build, parameter_counts
 from .data import Task, load_task
 from .errors import Interrupted, NonFinite, TrainingError
@@ -118,7 +118,7 @@ class _Run:
         state = {"step": self.step, "link": self.link, "train_seconds": self.train_seconds,
                  "adapter": {k: v.cpu() for k, v in adapter_state(self.built.model).items()},
                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
-        checkpoint.atomic_torch_save(state, self.out / "resume" / "state.pt")
+        files.atomic_torch_save(state, self.out / "resume" / "state.pt")
 
     def load_state(self) -> None:
         state = torch.load(self.out / "resume" / "state.pt", map_location=self.device, weights_only=False)
@@ -194,7 +194,7 @@ class _Run:
         row = {"step": self.step, "link": self.link, "lr": float(self.sched.get_last_lr()[0]),
                "train_loss_running": running, "test_loss_subset": m["loss"], "test_acc_subset": m["acc"],
                "eval_samples": len(self.eval_y)}
-        checkpoint.append_jsonl(self.out / "metrics.jsonl", row)
+        files.append_jsonl(self.out / "metrics.jsonl", row)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
@@ -270,9 +270,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         run.load_state()
     else:
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_text(out / RESUME / RESUME_IDENTITY, json.dumps(
+        files.atomic_write_text(out / RESUME / RESUME_IDENTITY, json.dumps(
             {"base_sha256": built.backbone.sha256, "data": task.fingerprint()}, indent=1))
-        checkpoint.atomic_write_text(out / RESUME / RESUME_CONFIG, json.dumps(dataclasses.asdict(cfg), indent=1))
+        files.atomic_write_text(out / RESUME / RESUME_CONFIG, json.dumps(dataclasses.asdict(cfg), indent=1))
     try:
         if not resume:
             run.snapshot()
@@ -355,9 +355,9 @@ def pretrain(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     if not (run_dir / checkpoint.MANIFEST).exists():
         train(cfg, run_dir, resume=(run_dir / "resume" / "state.pt").exists(), progress=progress)
     loaded = checkpoint.load(run_dir)
-    checkpoint.atomic_save_tensors(loaded.model.state_dict(), out / "model.safetensors")
+    files.atomic_save_tensors(loaded.model.state_dict(), out / "model.safetensors")
     meta = {"kind": "mlp", "sizes": loaded.model.sizes, "pretrained_on": loaded.manifest["task"],
             "metrics": loaded.manifest["metrics"], "config": loaded.manifest["config"],
             "note": "self-pretrained by genbound pretrain"}
-    checkpoint.atomic_write_text(out / BASE_MANIFEST, json.dumps(meta, indent=1))
+    files.atomic_write_text(out / BASE_MANIFEST, json.dumps(meta, indent=1))
     return meta

@@ -64,11 +64,6 @@ class Update:
         """How its singular values are computed, in words."""
         return HOW[self.form]
 
-    @property
-    def rank_bound(self) -> int:
-        """An upper bound on rank(dW): K for factors and columns, min(n, m) when dense."""
-        return self.B.shape[1] if self.form != DENSE else min(self.n, self.m)
-
     def add_into(self, W: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """W += alpha dW in place, in W's dtype, without forming dW for factors and columns; returns W."""
         if self.form == FACTORS:

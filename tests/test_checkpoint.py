@@ -111,7 +111,7 @@ def test_newer_format_is_refused(ckpt, tmp_path):
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "f.txt"
-    checkpoint.atomic_write_text(path, "good")
+    files.atomic_write_text(path, "good")
 
     def boom(tmp):
         raise RuntimeError("disk full")

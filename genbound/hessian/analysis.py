@@ -200,8 +200,7 @@ def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = Fals
     bar = tqdm(desc=f"hessian ({opts.backend})", unit="pass", disable=not progress, dynamic_ncols=True)
     runs, costs = [], None
     try:
-        if opts.params in PARAM_SETS:
-            model = space_model(model, opts.params)
+        model = space_model(model, opts.params)
         params = select_params(model, loaded.built, opts.params)
         n = sum(p.numel() for p in params.values())
         if opts.top_k > n:
@@ -225,7 +224,7 @@ def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = Fals
         bar.close()
         model.train(was_training)
     man = loaded.manifest
-    out = {"schema": SCHEMA, "checkpoint": str(loaded.path) if loaded.path else None, "method": man["method"]["name"],
+    out = {"schema": SCHEMA, "method": man["method"]["name"],
            "rank": man["method"]["rank"], "chain_k": man["method"]["chain_k"], "backend": opts.backend,
            "params": opts.params, "param_tensors": [{"name": k, "shape": list(v.shape)} for k, v in params.items()],
            "n_params": n, "n_train": len(loaded.task.train), "samples_requested": opts.samples, "batch": opts.batch,

@@ -103,7 +103,6 @@ class AdapterLayout(Layout):
     stored: tuple[str, ...] = ()  # every tensor a checkpoint keeps for one layer (trained and frozen)
     trainable: tuple[str, ...] = ()  # the leaves that train
     fast: tuple[str, ...] = ()  # the leaves that get lr * lr_ratio (LoRA+: B)
-    spectrum_note: str = ""  # how the spectrum of its update is computed, for results
 
     # construction and links
     def shared(self, shapes: dict[str, tuple[int, int]], r: int, seed: int) -> dict:

@@ -33,7 +33,6 @@ class Selector(LoraPeft, AdapterLayout):
     stored = (B, IDX, FROZEN_B, FROZEN_IDX)
     trainable = (B,)
     fast = (B,)
-    spectrum_note = "from the block of nonzero columns, every link"
 
     def __init__(self, select: Select):
         self.select = select

@@ -27,7 +27,6 @@ class Dora(LowRank):
     use_dora = True
     MAGNITUDE = "magnitude"
     stored = (*LowRank.stored, MAGNITUDE)
-    spectrum_note = "dense SVD of W - W0 (a per-row rescaling of W0 + s B A: not low-rank)"
 
     def __init__(self):
         super().__init__(kaiming_a, train_a=True)
@@ -60,8 +59,8 @@ class Dora(LowRank):
     def _dense(self, layer, A: torch.Tensor, B: torch.Tensor, magnitude: torch.Tensor) -> Update:
         acc = torch.promote_types(layer.weight.dtype, torch.float32)
         w0 = layer.weight.to(acc)
-        direction = w0 + layer.scale * (B.to(acc) @ A.to(acc))
-        return Update.dense(self._scale(layer, A, B, magnitude)[:, None] * direction - w0)
+        direction = w0 + Update.factors(B, A, layer.scale).to_dense(acc)  # W0 + s B A, once
+        return Update.dense((magnitude / self.row_norms(direction))[:, None] * direction - w0)
 
     def update(self, layer) -> Update:
         return self._dense(layer, layer.lora_A, layer.lora_B, layer.magnitude)

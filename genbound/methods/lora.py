@@ -65,7 +65,6 @@ class LowRank(LoraPeft, AdapterLayout):
     A, B, FROZEN_A, FROZEN_B = "lora_A", "lora_B", "frozen_A", "frozen_B"
     stored = (A, B, FROZEN_A, FROZEN_B)
     fast = (B,)
-    spectrum_note = "from the factors (thin QRs and the SVD of the K x K core), every link"
 
     def __init__(self, init_a: Callable[[int, int, torch.Generator], torch.Tensor], train_a: bool):
         self.init_a, self.train_a = init_a, train_a

@@ -38,7 +38,6 @@ class Vera(AdapterLayout):
     A, B, D, BVEC = "vera_A", "vera_B", "vera_d", "vera_b"
     stored = (D, BVEC, A, B)
     trainable = (D, BVEC)
-    spectrum_note = "from the factors diag(b) B diag(d) and A (rank <= r)"
     peft_type, peft_out_key = "VERA", "vera_lambda_b"
 
     def paper_count(self, n: int, m: int, r: int, links: int) -> int:
