@@ -15,7 +15,8 @@ from ..errors import DataError
 
 @dataclass
 class Split:
-    """One side of a task: features (N, d) float32, N texts, or N text pairs (a, b); int64 labels (N,)."""
+    """One side of a task: features (N, d) float32, N texts, or N text pairs (a, b); labels (N,): int64 class
+    ids, or float32 targets for a regression task."""
 
     x: torch.Tensor | list[str]
     y: torch.Tensor
@@ -38,8 +39,10 @@ class Split:
             x = self.x.detach().cpu().contiguous()
             h.update(f"tensor|{x.dtype}|{tuple(x.shape)}|".encode())
             h.update(x.numpy().tobytes())
-        y = self.y.detach().cpu().to(torch.int64).contiguous()
-        h.update(f"labels|{len(y)}|".encode() + y.numpy().tobytes())
+        y = self.y.detach().cpu()
+        y = (y.to(torch.float32) if y.is_floating_point() else y.to(torch.int64)).contiguous()
+        h.update(f"labels|{len(y)}|".encode() + (f"{y.dtype}|".encode() if y.is_floating_point() else b"")
+                 + y.numpy().tobytes())
         return h.hexdigest()
 
     def take(self, idx: torch.Tensor) -> Split:
@@ -50,15 +53,24 @@ class Split:
 
 @dataclass
 class Task:
-    """A classification task; ``info`` is JSON-able and goes into checkpoint manifests."""
+    """A classification task (or a regression task: ``problem == "regression"``, one output, float32 targets,
+    trained with mean squared error); ``info`` is JSON-able and goes into checkpoint manifests. ``metrics`` names
+    what the task is judged by beside the loss (``genbound.metrics``): accuracy by default; F1, Matthews
+    correlation, Pearson/Spearman correlation where a benchmark asks for them."""
 
     name: str
     kind: str  # "vision" (x is a float tensor) or "text" (x is list[str])
-    num_classes: int
+    num_classes: int  # 1 for a regression task
     train: Split
     test: Split
     class_names: list[str]
     info: dict = field(default_factory=dict)
+    problem: str = "classification"  # or "regression"
+    metrics: tuple[str, ...] = ("accuracy",)
+
+    @property
+    def regression(self) -> bool:
+        return self.problem == "regression"
 
     def fingerprint(self) -> dict[str, str]:
         """The fingerprints of both splits (``Split.fingerprint``), as a checkpoint's manifest records them."""
