@@ -3,9 +3,11 @@
 # GPUs there; the runs not yet finished are dealt over the shards, seed 0 of every method first, so a call cut
 # short by LIMIT still leaves whole seeds. Then the report over every run whose analyses all finished, and one
 # archive under $OUT. SHARDS = the number of runs left gives each its own process.
-# Carry: .carry (minilm16 + wordnet/*.gz) and .whl (the constriction wheel for Python 3.12).
+# Carry: .carry (minilm16 + wordnet/*.gz or *.xz) and .whl (the constriction wheel for Python 3.12).
 # Usage there: SHARDS=12 LIMIT=470 bash analysis/gpu-study.sh NAME   (NAME: minilm-wordnet, minilm-wordnet-pairs)
-# The kept results of earlier calls (reports/NAME/runs: manifests, metrics, analysis JSONs) count as finished.
+# The kept results of earlier calls (reports/NAME/runs: manifests, metrics, analysis JSONs) count as finished; the
+# trained runs whose analyses did not all finish come back whole (weights included, when under 10 MiB) in
+# partial/NAME/ of the archive: put them under .carry/partial/NAME/ (ignored) and the next call finishes them.
 set -uo pipefail
 NAME=${1:?usage: bash analysis/gpu-study.sh NAME}
 SHARDS=${SHARDS:-12}
@@ -13,14 +15,14 @@ LIMIT=${LIMIT:-470}
 OUT=${OUT:-runs/out}
 export GENBOUND_WORDNET_DIR=/tmp/wordnet PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 mkdir -p "$GENBOUND_WORDNET_DIR" "$OUT" runs/logs
-for f in .carry/wordnet/*.gz; do gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .gz)"; done
+for f in .carry/wordnet/*.gz .carry/wordnet/*.xz; do [ -f "$f" ] && case $f in *.gz) gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .gz)";; *) xz -dc "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .xz)";; esac; done
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "runs/$NAME"  # finished runs (results, no weights) are skipped by the study
-for d in reports/"$NAME"/runs/*/; do [ -d "$d" ] && { [ -d "runs/$NAME/$(basename "$d")" ] || cp -r "$d" "runs/$NAME/"; }; done
+for d in reports/"$NAME"/runs/*/ .carry/partial/"$NAME"/*/; do [ -d "$d" ] && { [ -d "runs/$NAME/$(basename "$d")" ] || cp -r "$d" "runs/$NAME/"; }; done
 GPUS=$(nvidia-smi -L | wc -l)
 for i in $(seq 0 $((SHARDS - 1))); do
   CUDA_VISIBLE_DEVICES=$((i % GPUS)) timeout "$LIMIT" python3 -m genbound study "analysis/$NAME.toml" \
@@ -41,4 +43,11 @@ timeout 90 python3 -m genbound compare "${done_runs[@]}" --out "reports/$NAME" -
   > runs/logs/compare.log 2>&1 || echo "compare failed: see runs/logs/compare.log"
 tar czf "$OUT/$NAME.tgz" --exclude='*.safetensors' --exclude='*.pt' "reports/$NAME" runs/logs \
   $(for d in "runs/$NAME"/*/; do ls "$d"genbound.json "$d"metrics.jsonl "$d"analysis/*.json 2>/dev/null; done)
+mkdir -p "partial/$NAME"  # trained but unfinished runs, whole, for the next call
+for d in "runs/$NAME"/*/; do
+  n=$(basename "$d"); printf '%s\n' "${done_runs[@]}" | grep -qx "runs/$NAME/$n" && continue
+  [ -f "$d/adapter.safetensors" ] && [ "$(du -sm --exclude=resume "$d" | cut -f1)" -lt 10 ] && \
+    { cp -r "$d" "partial/$NAME/" && rm -rf "partial/$NAME/$n/resume"; }
+done
+tar czf "$OUT/$NAME-partial.tgz" partial
 ls -la "$OUT"

@@ -9,7 +9,7 @@ METHODS=${METHODS:-"full head lora lora_plus asym cola rac cla rcla c3la rc3la p
 OUT=${OUT:-runs/wordnet-out}
 export GENBOUND_WORDNET_DIR=/tmp/wordnet PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$GENBOUND_WORDNET_DIR" "$OUT"
-for f in .carry/wordnet/*.gz; do gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .gz)"; done
+for f in .carry/wordnet/*.gz .carry/wordnet/*.xz; do [ -f "$f" ] && case $f in *.gz) gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .gz)";; *) xz -dc "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .xz)";; esac; done
 for m in $METHODS; do
   k=1; case $m in cola|rac|c3la|rc3la) k=3;; esac
   lr=5e-4; [ "$m" = full ] && lr=1e-4
