@@ -6,7 +6,7 @@ set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD GENBOUND_WORDNET_DIR=/tmp/wordnet
 mkdir -p $GENBOUND_WORDNET_DIR "$OUT"
-for f in .carry/wordnet/*.gz; do gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .gz)"; done
+bash analysis/unpack-wordnet.sh "$GENBOUND_WORDNET_DIR"
 for m in ${METHODS:-cla c3la lora}; do
   k=1; [ "$m" = c3la ] && k=3
   test -f runs/wn-large/$m/genbound.json || python3 -m genbound train --model .carry/minilm16 --data wordnet \

@@ -15,7 +15,7 @@ LIMIT=${LIMIT:-470}
 OUT=${OUT:-runs/out}
 export GENBOUND_WORDNET_DIR=/tmp/wordnet PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 mkdir -p "$GENBOUND_WORDNET_DIR" "$OUT" runs/logs
-for f in .carry/wordnet/*.gz .carry/wordnet/*.xz; do [ -f "$f" ] && case $f in *.gz) gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .gz)";; *) xz -dc "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .xz)";; esac; done
+bash analysis/unpack-wordnet.sh "$GENBOUND_WORDNET_DIR"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site

@@ -3,7 +3,7 @@
 # time the two analysis benchmarks on lora (benchmarks/landscape_speed.py, benchmarks/hessian_speed.py), then
 # Hessian spectra (lora, cla, c3la) and loss landscapes (lora, cola, cla, c3la side by side, random directions;
 # DIRS="random pca" adds trajectory-PCA ones).
-# Carry: .carry/minilm16 (MiniLM re-saved in fp16), .carry/wordnet/*.gz (Debian wordnet-base data files) and
+# Carry: .carry/minilm16 (MiniLM re-saved in fp16), .carry/wordnet/*.gz or *.xz (Debian wordnet-base data files) and
 # .whl (PyHessian's wheel, installed by the caller on PYTHONPATH).
 # Usage there: bash benchmarks/minilm_analyses.sh. Everything goes to $OUT: log.txt, the two benchmarks'
 # .json/.md, and analyses.tgz (checkpoint manifests and metrics, hessian-*.json/txt/png, landscape files).
@@ -41,8 +41,7 @@ log() { echo "[$(date +%T) +$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/log.
 cap() { local t=$(( BUDGET - ($(date +%s) - START) - $2 )); [ "$t" -gt "$1" ] && t=$1; [ "$t" -lt 5 ] && t=5; echo "$t"; }
 step() { local rc; "$@" >>"$OUT/log.txt" 2>&1; rc=$?; log "  exit $rc: ${*:1:6} ..."; return 0; }
 
-[ -f "$GENBOUND_WORDNET_DIR/data.noun" ] || for f in .carry/wordnet/*.gz; do
-  gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .gz)"; done
+[ -f "$GENBOUND_WORDNET_DIR/data.noun" ] || bash analysis/unpack-wordnet.sh "$GENBOUND_WORDNET_DIR"
 log "start: $(python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")' 2>&1)"
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader >>"$OUT/log.txt" 2>&1
 

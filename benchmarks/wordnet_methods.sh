@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every method, one short run each, MiniLM on WordNet supersenses, on the GPU machine (device tool).
-# Carry: .carry/minilm16 (MiniLM re-saved in fp16) and .carry/wordnet/*.gz (Debian wordnet-base data files).
+# Carry: .carry/minilm16 (MiniLM re-saved in fp16) and .carry/wordnet/*.gz or *.xz (Debian wordnet-base data files).
 # Usage there: bash benchmarks/wordnet_methods.sh; results (manifests, metrics, table) go to $OUT.
 set -euo pipefail
 MODEL=${MODEL:-.carry/minilm16}
@@ -9,7 +9,7 @@ METHODS=${METHODS:-"full head lora lora_plus asym cola rac cla rcla c3la rc3la p
 OUT=${OUT:-runs/wordnet-out}
 export GENBOUND_WORDNET_DIR=/tmp/wordnet PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$GENBOUND_WORDNET_DIR" "$OUT"
-for f in .carry/wordnet/*.gz .carry/wordnet/*.xz; do [ -f "$f" ] && case $f in *.gz) gunzip -c "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .gz)";; *) xz -dc "$f" > "$GENBOUND_WORDNET_DIR/$(basename "$f" .xz)";; esac; done
+bash analysis/unpack-wordnet.sh "$GENBOUND_WORDNET_DIR"
 for m in $METHODS; do
   k=1; case $m in cola|rac|c3la|rc3la) k=3;; esac
   lr=5e-4; [ "$m" = full ] && lr=1e-4
