@@ -123,6 +123,34 @@ def test_glue_needs_a_local_copy_or_the_hub(tmp_path, monkeypatch):
         load_task("glue/mrcp")
 
 
+def test_hub_names_and_errors(monkeypatch, glue_dir):
+    """hf:NAME:CONFIG reaches load_dataset as (NAME, CONFIG) when the hub answers (a stand-in here); its errors
+    become one line; a malformed name is refused before any loading."""
+    import genbound.data.hf as hf
+
+    root, _ = glue_dir
+    asked = []
+
+    def fake(name, config):
+        asked.append((name, config))
+        if config == "nope":
+            raise ValueError("BuilderConfig 'nope' not found.\nAvailable: ['mrpc']")
+        return datasets.load_from_disk(str(root / "rte"))
+
+    monkeypatch.setattr(hf, "hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    t = load_task("hf:nyu-mll/glue:rte", n_train=8)
+    assert asked == [("nyu-mll/glue", "rte")] and t.info["source"] == "Hugging Face hub nyu-mll/glue:rte"
+    assert t.metrics == ("accuracy",) and t.info["columns"] == "text_a=sentence1,text_b=sentence2,label=label"
+    assert t.info["test_split"] == "validation" and len(t.train) == 8
+    with pytest.raises(DataError, match=r"^hf:x:nope: cannot load x:nope \(ValueError: BuilderConfig 'nope' not "
+                                        r"found.\)$"):
+        load_task("hf:x:nope")
+    with pytest.raises(DataError, match="give a hub dataset as hf:NAME"):
+        load_task("hf:a b")
+    assert len(asked) == 2
+
+
 def reviews(tmp_path, n: int = 30, flip: int | None = None):
     """A DatasetDict whose columns genbound cannot guess (review, stars; string labels, no ClassLabel), with an
     unlabelled test split (label None) and a labelled validation split."""
@@ -147,6 +175,16 @@ def test_folder_with_and_without_columns(tmp_path):
     assert t.class_names == ["bad", "good", "great"] and t.train.y.tolist() == [i % 3 for i in range(30)]
     assert t.train.x == [sentence(i) for i in range(30)] and t.info["test_split"] == "validation"
     assert t.info["columns"] == "text=review,label=stars" and t.metrics == ("accuracy",)
+    drawn = []
+    for seed in range(8):  # the classes are those of all labelled examples, not of the ones drawn
+        try:
+            small = load_task(str(path), columns="text=review,label=stars", seed=seed, n_train=2, n_test=1)
+        except DataError as err:  # both drawn training examples of one class
+            assert "holds only one class" in str(err)
+            continue
+        assert small.class_names == ["bad", "good", "great"] and small.num_classes == 3
+        drawn.append(len(set(small.train.y.tolist() + small.test.y.tolist())))
+    assert min(drawn) < 3
     same = load_task(f"{path}#text=review,label=stars")  # the inline form a manifest records
     assert same.fingerprint() == t.fingerprint()
     with pytest.raises(DataError, match=r"no column 'stras' \(columns: review, stars\)"):
@@ -328,3 +366,6 @@ def test_train_on_glue_then_compute_reloads_it(tmp_path, monkeypatch, capsys, on
     assert man["task"]["num_classes"] == 3 and man["task"]["columns"] == "text=review,label=stars"
     assert main(["compute", "--ckpt", str(ck2), "--json", str(tmp_path / "c2.json"), "--quiet"]) == 0
     assert json.loads((tmp_path / "c2.json").read_text())["data"]["verified"]
+    assert main(["compute", "--ckpt", str(ck2), "--data", f"{path}#text=review,label=stars", "--json",
+                 str(tmp_path / "c3.json"), "--quiet"]) == 0  # other data may name its columns the same way
+    assert json.loads((tmp_path / "c3.json").read_text())["data"]["name"] == f"{path}#text=review,label=stars"

@@ -208,6 +208,8 @@ def build_task(name: str, splits: dict, source: str, *, seed: int, n_train: int 
 
     train_values, train_keep = _labels(train_ds, columns["label"], regression)
     dropped = len(train_values) - len(train_keep)
+    if not len(train_keep):
+        raise DataError(f"{name}: the train split has no labelled examples (column {columns['label']!r})")
     rng_train, rng_test = np.random.default_rng(seed).spawn(2)
     if test_name is None:
         tr, te, avail_train, avail_test = _split_pools(len(train_keep), seed, n_train, n_test, test_fraction, name)
@@ -230,7 +232,8 @@ def build_task(name: str, splits: dict, source: str, *, seed: int, n_train: int 
         to_y = lambda values: np.asarray(values, dtype=np.int64)
         label_said = "class ids of the ClassLabel feature"
     else:  # raw labels: sorted unique values -> 0..K-1, as for files
-        raw = {v for ds, values, idx in picks.values() for v in (values[i] for i in idx)}
+        pools = [(train_values, train_keep)] + ([] if test_name is None else [(test_values, test_keep)])
+        raw = {values[i] for values, keep in pools for i in keep}  # every labelled example, not just the drawn ones
         ordered = sorted(raw, key=lambda v: (isinstance(v, str), v))
         class_names = [str(v) for v in ordered]
         to_id = {v: i for i, v in enumerate(ordered)}
