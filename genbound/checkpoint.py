@@ -248,7 +248,8 @@ def checked_task(man: dict, where: Path) -> Task:
     """The checkpoint's task as its manifest describes it, refused when the data no longer give the splits it
     was trained and tested on (format 2 records both splits' fingerprints)."""
     cfg = man["config"]
-    task = load_task(cfg["data"], seed=cfg["seed"], n_train=cfg["n_train"], n_test=cfg["n_test"])
+    task = load_task(cfg["data"], seed=cfg["seed"], n_train=cfg["n_train"], n_test=cfg["n_test"],
+                     columns=cfg.get("columns"))  # normally folded into data ("DATA#text=...") by config.normalized
     recorded = man["task"].get("fingerprint")
     if recorded is not None:
         now = task.fingerprint()
@@ -265,6 +266,9 @@ def other_task(man: dict, data: str) -> Task:
     """Task ``data`` (split with the checkpoint's seed, its default sizes) for evaluating on other data on
     purpose; it must have the checkpoint's number of classes."""
     task = load_task(data, seed=man["config"]["seed"])
+    problem = man["task"].get("problem", "classification")
+    if task.problem != problem:
+        raise GenboundError(f"--data {data} is a {task.problem} task; the checkpoint was trained for {problem}")
     if task.num_classes != man["task"]["num_classes"]:
         raise GenboundError(f"--data {data} has {task.num_classes} classes; the checkpoint's head has "
                             f"{man['task']['num_classes']}")

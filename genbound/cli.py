@@ -152,7 +152,8 @@ def analysis_arguments(p: argparse.ArgumentParser, options: type) -> None:
     p.add_argument("--ckpt", required=True, action="append", metavar="DIR",
                    help="checkpoint directory or PEFT adapter folder (with --data); repeat for several")
     p.add_argument("--data", help="PEFT folders: the task to evaluate on; checkpoints: evaluate on other data on "
-                                  "purpose (the output says so; by default the data must be what it was trained on)")
+                                  "purpose (the output says so; by default the data must be what it was trained on); "
+                                  "a Hugging Face dataset's columns as a suffix: DATA#text=COL,label=COL")
     p.add_argument("--method", help="PEFT folders: what PEFT cannot record, e.g. lora_plus or asym (default lora)")
     p.add_argument("--model", help="PEFT folders: the base model (default: the adapter's base_model_name_or_path)")
     # an analysis with its own --seed takes the split seed of a PEFT folder as --peft-seed
@@ -289,7 +290,8 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", metavar="DIR", required=True, help="PEFT adapter folder")
     p.add_argument("--out", metavar="DIR", required=True, help="checkpoint directory to write")
     p.add_argument("--method", default="lora", help="what PEFT cannot record (lora_plus, asym, ...)")
-    p.add_argument("--data", required=True, help="the task to evaluate the adapter on")
+    p.add_argument("--data", required=True, help="the task to evaluate the adapter on (a Hugging Face dataset's "
+                                                 "columns as a suffix: DATA#text=COL,label=COL)")
     p.add_argument("--seed", type=int, default=0, help="seed of the task's train/test split")
     p.add_argument("--model", help="the base (default: the adapter's base_model_name_or_path)")
 

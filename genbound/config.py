@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data import split_columns, with_columns
+from .data.hf import is_saved_dataset
 from .errors import TrainingError
 from .methods import get_method, method_names
 from .models import resolve_ref
@@ -21,7 +23,10 @@ class TrainConfig:
     model: str = opt("mlp", 'mlp | minilm | smollm2 | tiny-bert | tiny-llama | DIR from `genbound pretrain` | '
                             'HF model name or folder')
     data: str = opt("digits", 'wordnet | wordnet-pairs | fashion-mnist | mnist-5k | digits | FILE.csv | FILE.jsonl '
-                              '(text,label or text_a,text_b,label)')
+                              '(text,label or text_a,text_b,label) | glue/TASK (cola sst2 mrpc qqp stsb mnli qnli rte '
+                              'wnli) | hf:NAME[:CONFIG] | FOLDER from save_to_disk')
+    columns: str | None = opt(None, 'columns of a Hugging Face dataset by role: text=COL,label=COL | '
+                                    'text_a=COL,text_b=COL,label=COL | image=COL,label=COL (default: guessed)')
     method: str = opt("lora", " ".join(method_names()))
     rank: int = opt(16, 'adapter rank r')
     alpha: float = opt(32.0, 'scaling s = alpha / r')
@@ -88,11 +93,14 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def normalized(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with local paths made absolute (a data file, a model folder), so a run resumes, and a checkpoint
-    loads, from any working directory."""
-    changes = {}
-    if Path(cfg.data).suffix.lower() in (".csv", ".jsonl"):
-        changes["data"] = str(Path(cfg.data).expanduser().resolve())
+    """``cfg`` with local paths made absolute (a data file or folder, a model folder), so a run resumes, and a
+    checkpoint loads, from any working directory; ``--columns`` folded into the data name (``DATA#ROLE=COLUMN,...``)
+    so that ``config.data`` alone rebuilds the task."""
+    source, columns = split_columns(cfg.data, cfg.columns)
+    if Path(source).suffix.lower() in (".csv", ".jsonl") or (
+            not source.startswith(("hf:", "glue/")) and is_saved_dataset(Path(source).expanduser())):
+        source = str(Path(source).expanduser().resolve())
+    changes = {"data": with_columns(source, columns), "columns": None}
     if cfg.model not in ("mlp",) and Path(cfg.model).expanduser().is_dir():
         changes["model"] = str(Path(cfg.model).expanduser().resolve())
     return dataclasses.replace(cfg, **changes)
