@@ -137,15 +137,17 @@ def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", load
 
 
 def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "auto", log=print) -> None:
-    """Run each of ``analyses`` (default options) on every checkpoint that lacks its JSON; head-only checkpoints
-    get no spectrum (no adapted matrix)."""
+    """Run each of ``analyses`` (default options, or those its module's ``defaults_for(manifest)`` gives for the
+    checkpoint's task: compute measures a regression task's squared error) on every checkpoint that lacks its
+    JSON; head-only checkpoints get no spectrum (no adapted matrix)."""
     from .runtime import pick_device
 
     unknown = sorted(set(analyses) - set(ANALYSES))
     if unknown:
         raise GenboundError(f"unknown analysis {unknown}; choose from {list(ANALYSES)}")
     for d in map(Path, dirs):
-        scope = checkpoint.read_manifest(d)["method"]["scope"]
+        manifest = checkpoint.read_manifest(d)
+        scope = manifest["method"]["scope"]
         todo = [a for a in analyses if applies(a, scope) and not (d / "analysis" / f"{a}.json").is_file()]
         if not todo:
             continue
@@ -156,7 +158,8 @@ def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "aut
                                 "only what is on disk)") from None
         for name in todo:
             start = time.perf_counter()
-            run_analysis(d, name, _options(name, {}, "compare"), device, loaded)
+            task_defaults = getattr(ANALYSES[name].load(), "defaults_for", lambda manifest: {})(manifest)
+            run_analysis(d, name, _options(name, task_defaults, "compare"), device, loaded)
             log(f"{d.name}: {name} ({time.perf_counter() - start:.1f} s)")
 
 
