@@ -5,7 +5,8 @@ vector of dimension n) and a fixed subsample S = {(x_i, y_i)} of N training exam
 
     L(theta) = (1/N) sum_{i in S} CE(f(x_i; theta, rest), y_i),        H = d^2 L / d theta^2  (n x n)
 
-where ``rest`` are every other parameter and buffer of the model, held fixed (detached). The model runs
+where ``rest`` are every other parameter and buffer of the model, held fixed (detached); for a regression
+task (float targets) CE is the squared error (f - y)^2 of the one output (``runtime.task_loss``). The model runs
 in eval mode (no dropout). ``HessianOperator.matmat(V)`` returns H v for each row v of V without forming
 H, one pass over the subsample's batches per group of ``probe_batch`` vectors:
 
@@ -155,8 +156,8 @@ def math_attention() -> Iterator[None]:
 # ---- the operator --------------------------------------------------------------------------------------
 class HessianOperator:
     """H = d^2 L / d theta^2 of the mean task loss (CE, or squared error for regression) over ``batches``
-    (see the module docstring), as a
-    symmetric linear operator on R^n; vectors are flat tensors in the parameters' dtype and device.
+    (see the module docstring), as a symmetric linear operator on R^n; vectors are flat tensors in the
+    parameters' dtype and device.
 
     ``n_hvp`` counts Hessian-vector products (one probe vector times one pass over every batch),
     ``n_passes`` the data passes (a pass serves up to ``probe_batch`` probes)."""
