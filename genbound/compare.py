@@ -26,7 +26,8 @@ from .analyses import ANALYSES
 from .errors import GenboundError
 
 AXES = ("method", "rank", "seed")
-GAPS = ("gap_01", "gap_ce", "gap_mse")  # gap_mse: regression rows (which have neither of the others)
+GAPS = ("gap_01", "gap_ce")
+REGRESSION_GAPS = ("gap_mse",)  # a regression row has neither of GAPS
 
 
 def kendall_tau(mu: Sequence[float], gap: Sequence[float]) -> float:
@@ -164,7 +165,7 @@ def compare(dirs: list[str | Path]) -> dict:
     ranking = {}
     all_measures = measures()
     for measure in all_measures:
-        for gap in GAPS:
+        for gap in (*GAPS, *REGRESSION_GAPS):
             pts = [r for r in rows if _finite(r[measure]) and _finite(r.get(gap))]
             if len(pts) < 2:
                 continue
