@@ -391,9 +391,10 @@ def figure_captions(result: dict, spectra: dict[str, dict], landscapes: dict[str
             f"(left) and among all of them (right).{heads} {colours}")
     if landscapes:
         r0 = next(iter(landscapes.values()))
+        loss_words = "mean squared error" if r0.get("loss_kind") == "mse" else "cross-entropy"
         if r0["one_d"]:
             caps["landscapes.png"] = (
-                f"{r0['split'].capitalize()} loss (cross-entropy on {r0['samples']} examples) along d1 through the "
+                f"{r0['split'].capitalize()} loss ({loss_words} on {r0['samples']} examples) along d1 through the "
                 f"trained weights, one curve per method (its lowest seed and rank). {colours}")
         else:
             if r0["dirs"] == "pca":
@@ -403,7 +404,7 @@ def figure_captions(result: dict, spectra: dict[str, dict], landscapes: dict[str
                 dirs = (f"two filter-normalized Gaussian random directions (Li et al. 2018) in the {r0['space']} "
                         f"parameter space, seed {r0.get('seed', 0)}")
             caps["landscapes.png"] = (
-                f"{r0['split'].capitalize()} loss (cross-entropy on {r0['samples']} examples) on the plane "
+                f"{r0['split'].capitalize()} loss ({loss_words} on {r0['samples']} examples) on the plane "
                 f"theta* + a d1 + b d2 around the trained weights theta* (white star), a and b in "
                 f"[-{r0['range']:g}, {r0['range']:g}] (x and y axes), for one checkpoint per method (its lowest seed "
                 f"and rank); d1 and d2 are {dirs}. One log colour scale for all panels (colour bar); white lines are "

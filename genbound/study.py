@@ -91,6 +91,13 @@ def load_study(path: str | Path) -> Study:
     return study
 
 
+def for_task(name: str, opts: dict, manifest: dict) -> dict:
+    """``opts`` over what analysis ``name`` defaults to for the checkpoint's task (its module's optional
+    ``defaults_for(manifest)``: compute measures a regression task with the squared error)."""
+    defaults = getattr(ANALYSES[name].load(), "defaults_for", lambda manifest: {})(manifest)
+    return {**defaults, **opts}
+
+
 def _options(name: str, opts: dict, source: str):
     """The options object of analysis ``name`` from a study section (or {} for its defaults), checked."""
     from .options import options_of
@@ -137,9 +144,8 @@ def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", load
 
 
 def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "auto", log=print) -> None:
-    """Run each of ``analyses`` (default options, or those its module's ``defaults_for(manifest)`` gives for the
-    checkpoint's task: compute measures a regression task's squared error) on every checkpoint that lacks its
-    JSON; head-only checkpoints get no spectrum (no adapted matrix)."""
+    """Run each of ``analyses`` (default options for the checkpoint's task, ``for_task``) on every checkpoint that
+    lacks its JSON; head-only checkpoints get no spectrum (no adapted matrix)."""
     from .runtime import pick_device
 
     unknown = sorted(set(analyses) - set(ANALYSES))
@@ -158,8 +164,7 @@ def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "aut
                                 "only what is on disk)") from None
         for name in todo:
             start = time.perf_counter()
-            task_defaults = getattr(ANALYSES[name].load(), "defaults_for", lambda manifest: {})(manifest)
-            run_analysis(d, name, _options(name, task_defaults, "compare"), device, loaded)
+            run_analysis(d, name, _options(name, for_task(name, {}, manifest), "compare"), device, loaded)
             log(f"{d.name}: {name} ({time.perf_counter() - start:.1f} s)")
 
 
@@ -239,11 +244,12 @@ def drift(study: Study, runs: list[dict]) -> list[str]:
         else:
             continue
         changes = _config_drift(run["config"], recorded)
+        manifest = checkpoint.read_manifest(out) if (out / checkpoint.MANIFEST).is_file() else {}
         for name in _analyses_of(study, run):
             path = out / "analysis" / f"{name}.json"
             if path.is_file():
-                changes += [f"{name}: {c}" for c in _options_drift(name, _options(name, study.analyses[name], "study"),
-                                                                  json.loads(path.read_text()))]
+                asked = _options(name, for_task(name, study.analyses[name], manifest), "study")
+                changes += [f"{name}: {c}" for c in _options_drift(name, asked, json.loads(path.read_text()))]
         if changes:
             found.append(f"{run['name']} ({', '.join(changes)})")
     return found
@@ -296,7 +302,8 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
 
             start = time.perf_counter()
             loaded = loaded or checkpoint.load(out, device=pick_device(device))
-            run_analysis(out, name, _options(name, opts, "study"), device, loaded, progress=progress)
+            run_analysis(out, name, _options(name, for_task(name, opts, loaded.manifest), "study"), device, loaded,
+                         progress=progress)
             log(f"{run['name']}: {name} ({time.perf_counter() - start:.1f} s)")
         done.append(out)
     return done

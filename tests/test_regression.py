@@ -340,3 +340,33 @@ def test_a_task_whose_metrics_do_not_fit_is_refused_before_training(tmp_path):
     finally:
         del TASKS["bad"]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_regression_study_measures_the_squared_error_and_sees_no_drift(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "reg.toml"
+    path.write_text(f"""
+name = "reg"
+model = "mlp"
+data = "digits-value"
+methods = ["lora", "head"]
+seeds = [0]
+ranks = [2]
+runs = "{tmp_path / 'runs'}"
+report = "{tmp_path / 'report'}"
+[train]
+steps = 10
+hidden = [16, 12]
+eval_samples = 20
+[analyses.compute]
+bits = 16
+[analyses.landscape]
+grid = 3
+samples = 20
+""")
+    assert main(["study", str(path), "--quiet"]) == 0
+    comp = json.loads((tmp_path / "runs" / "lora-r2-s0" / "analysis" / "compute.json").read_text())
+    assert comp["loss"] == "mse" and comp["options"]["bits"] == 16  # the task's default under the file's options
+    assert main(["study", str(path), "--quiet"]) == 0  # nothing drifted: all reused
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "regression task" in text and "mean squared error" in text  # the landscape caption names the MSE
