@@ -19,7 +19,7 @@ SQRT2 = math.sqrt(2.0)
 
 # ---- section 3 -----------------------------------------------------------------------------------------
 def sigma_of(loss: str, num_classes: int, smoothing: float | None = None, clip: float | None = None,
-             sigma: float | None = None) -> tuple[float, str]:
+             sigma: float | None = None, span: tuple[float, float] | None = None) -> tuple[float, str]:
     """Sub-Gaussian parameter of the loss and how it was obtained. A loss in [a, b] is (b - a)/2-sub-Gaussian:
     0-1 loss: 1/2; cross-entropy clipped at M: M/2; smoothed p' = (1 - a) p + a/K: CE <= ln(K/a), so ln(K/a)/2."""
     if sigma is not None:
@@ -28,8 +28,10 @@ def sigma_of(loss: str, num_classes: int, smoothing: float | None = None, clip: 
         return sigma, "given by the user (--sigma)"
     if loss == "01":
         return 0.5, "0-1 loss lies in [0, 1]"
+    if loss == "mse":
+        return squared_error_sigma(clip, span)
     if loss != "ce":
-        raise GenboundError(f"--loss must be 01 or ce, got {loss!r}")
+        raise GenboundError(f"--loss must be 01 or ce (classification) or mse (regression), got {loss!r}")
     if smoothing is not None:
         if not 0 < smoothing < 1:
             raise GenboundError(f"--smoothing must lie in (0, 1), got {smoothing}")
@@ -40,6 +42,27 @@ def sigma_of(loss: str, num_classes: int, smoothing: float | None = None, clip: 
         return clip / 2, f"cross-entropy clipped at M={clip:g}: loss in [0, M]"
     raise GenboundError("cross-entropy is unbounded, so it is not sub-Gaussian: give --smoothing A or --clip M "
                         "(or --sigma VALUE)")
+
+
+def squared_error_sigma(clip: float | None, span: tuple[float, float] | None) -> tuple[float, str]:
+    """Regression (``--loss mse``): the squared error clipped at M lies in [0, M] (sigma M/2); without a clip,
+    the squared error of the prediction clipped into the target range [lo, hi] lies in [0, (hi - lo)^2]
+    (sigma (hi - lo)^2 / 2) for targets in that range."""
+    if clip is not None:
+        if not clip > 0:
+            raise GenboundError(f"--clip must be positive, got {clip}")
+        return clip / 2, f"squared error clipped at M={clip:g}: loss in [0, M]"
+    lo, hi = span
+    if not hi > lo:
+        raise GenboundError(f"every target is {lo:g}: the squared error has no range to bound (give --clip M)")
+    return (hi - lo) ** 2 / 2, (f"squared error of the prediction clipped into the target range [{lo:g}, {hi:g}] "
+                                f"(targets assumed to lie in it): loss in [0, {(hi - lo) ** 2:g}]")
+
+
+def squared_error_lipschitz(clip: float | None, span: tuple[float, float]) -> float:
+    """The Lipschitz constant in the one output of the bounded squared error: 2 sqrt(M) for min((f - y)^2, M),
+    2 (hi - lo) for (clamp(f, lo, hi) - y)^2 with y in [lo, hi]."""
+    return 2 * math.sqrt(clip) if clip is not None else 2 * (span[1] - span[0])
 
 
 def mi_term(params: int, n_train: int, bits: float, sigma: float) -> float:

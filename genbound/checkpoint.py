@@ -121,7 +121,7 @@ def save(out: Path, *, cfg: dict, built: Built, task: Task, ref: dict, metrics: 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "base": {**ref, "sha256": built.backbone.sha256, "head": built.backbone.head},
         "task": {"name": task.name, "kind": task.kind, "num_classes": task.num_classes, **task.info,
-                 "fingerprint": task.fingerprint()},
+                 "problem": task.problem, "metrics": list(task.metrics), "fingerprint": task.fingerprint()},
         "seed": cfg["seed"],
         "method": {"name": built.method.name, "title": built.method.title, "scope": built.method.scope,
                    "rank": built.rank, "alpha": built.alpha, "chain_k": built.chain,
@@ -164,8 +164,23 @@ def read_manifest(ckpt: str | Path) -> dict:
     version = manifest.get("format_version")
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {version}; this genbound reads <= {FORMAT_VERSION}")
-    check_schema(manifest, SCHEMA if version == 1 else {**SCHEMA, **SCHEMA_V2}, path)
+    schema = SCHEMA if version == 1 else {**SCHEMA, **SCHEMA_V2}
+    if problem_of(manifest) == "regression":  # no accuracy: the MSE is the loss
+        schema = {k: v for k, v in schema.items() if k not in ("metrics.train_acc", "metrics.test_acc")}
+    check_schema(manifest, schema, path)
     return manifest
+
+
+def problem_of(manifest: dict) -> str:
+    """The task's problem as the manifest records it; checkpoints written before tasks had one: classification."""
+    task = manifest.get("task")
+    return task.get("problem", "classification") if isinstance(task, dict) else "classification"
+
+
+def metrics_of(manifest: dict) -> list[str]:
+    """The task's metric names as the manifest records them (before they were recorded: accuracy)."""
+    names = manifest["task"].get("metrics")
+    return list(names) if isinstance(names, list) else ["accuracy"]
 
 
 def check_schema(obj: dict, schema: dict[str, tuple], where: Path | str) -> None:
@@ -266,9 +281,9 @@ def other_task(man: dict, data: str) -> Task:
     """Task ``data`` (split with the checkpoint's seed, its default sizes) for evaluating on other data on
     purpose; it must have the checkpoint's number of classes."""
     task = load_task(data, seed=man["config"]["seed"])
-    problem = man["task"].get("problem", "classification")
-    if task.problem != problem:
-        raise GenboundError(f"--data {data} is a {task.problem} task; the checkpoint was trained for {problem}")
+    if task.problem != problem_of(man):
+        raise GenboundError(f"--data {data} is a {task.problem} task; the checkpoint was trained on a "
+                            f"{problem_of(man)} task")
     if task.num_classes != man["task"]["num_classes"]:
         raise GenboundError(f"--data {data} has {task.num_classes} classes; the checkpoint's head has "
                             f"{man['task']['num_classes']}")

@@ -51,9 +51,16 @@ def print_metrics(man: dict) -> None:
     label = meth["name"]
     if meth["scope"] == "adapter":
         label += f" r={meth['rank']}" + (f" k={meth['chain_k']}" if meth["chain_k"] > 1 else "")
-    print(f"{label:<14} params paper={p['paper']:,} full={p['full']:,}  "
-          f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | test loss {m['test_loss']:.4f} "
-          f"acc {m['test_acc']:.4f} | {man['timing']['train_seconds']:.1f}s")
+    extra = [k for k in man["task"].get("metrics", []) if k != "accuracy"]
+
+    def side(split: str) -> str:
+        text = f"{split} loss {m[split + '_loss']:.4f}"
+        text += f" acc {m[split + '_acc']:.4f}" if split + "_acc" in m else " (MSE)"
+        return text + "".join(f" {k} {'n/a' if m.get(f'{split}_{k}') is None else format(m[f'{split}_{k}'], '.4f')}"
+                              for k in extra)
+
+    print(f"{label:<14} params paper={p['paper']:,} full={p['full']:,}  {side('train')} | {side('test')} | "
+          f"{man['timing']['train_seconds']:.1f}s")
 
 
 # ---- training and checkpoints ----------------------------------------------------------------------------
@@ -77,7 +84,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     meta = pretrain(options_from(args, TrainConfig), args.out, progress=not args.quiet)
     m = meta["metrics"]
-    print(f"pretrained MLP {meta['sizes']} -> {args.out}: train acc {m['train_acc']:.4f}, test acc {m['test_acc']:.4f}")
+    key, what = ("acc", "acc") if "train_acc" in m else ("loss", "MSE")
+    print(f"pretrained MLP {meta['sizes']} -> {args.out}: train {what} {m['train_' + key]:.4f}, "
+          f"test {what} {m['test_' + key]:.4f}")
     write_json(args.json, meta)
 
 

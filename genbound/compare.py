@@ -27,6 +27,7 @@ from .errors import GenboundError
 
 AXES = ("method", "rank", "seed")
 GAPS = ("gap_01", "gap_ce")
+REGRESSION_GAPS = ("gap_mse",)  # a regression row has neither of GAPS
 
 
 def kendall_tau(mu: Sequence[float], gap: Sequence[float]) -> float:
@@ -96,17 +97,22 @@ def measures() -> dict[str, tuple[str, object]]:
 
 
 def bounded_loss(comp: dict) -> dict:
-    """The loss a compute result's MI bound speaks of: ``loss`` ("01", "ce" or None without a compute), ``loss_label``
-    (words, naming the smoothing or clip), ``loss_range`` (the largest gap that loss allows: 1 for the 0-1 loss,
-    b = 2 sigma for a CE bounded in [0, b]; None when the user set sigma, so the range is not known)."""
+    """The loss a compute result's MI bound speaks of: ``loss`` ("01", "ce", "mse" or None without a compute),
+    ``loss_label`` (words, naming the smoothing or clip), ``loss_range`` (the largest gap that loss allows: 1 for
+    the 0-1 loss, b = 2 sigma for a CE or squared error bounded in [0, b]; None when the user set sigma, so the
+    range is not known)."""
     loss, opts = comp.get("loss"), comp.get("options") or {}
     if loss == "01":
         return {"loss": "01", "loss_label": "0-1 loss", "loss_range": 1.0}
+    known = opts.get("sigma") is None and isinstance(comp.get("sigma"), (int, float))
+    if loss == "mse":  # a bounded squared error in [0, 2 sigma]
+        label = (f"squared error clipped at {opts['clip']:g}" if opts.get("clip") is not None
+                 else "squared error of predictions clipped into the target range")
+        return {"loss": "mse", "loss_label": label, "loss_range": 2 * comp["sigma"] if known else None}
     if loss != "ce":
         return {"loss": None, "loss_label": None, "loss_range": None}
     label = (f"CE smoothed by a={opts['smoothing']:g}" if opts.get("smoothing") is not None
              else f"CE clipped at {opts['clip']:g}" if opts.get("clip") is not None else "CE")
-    known = opts.get("sigma") is None and isinstance(comp.get("sigma"), (int, float))
     return {"loss": "ce", "loss_label": label, "loss_range": 2 * comp["sigma"] if known else None}
 
 
@@ -119,14 +125,23 @@ def row_of(ckpt: Path) -> dict:
            "method": man["method"]["name"], "scope": man["method"]["scope"], "rank": man["method"]["rank"],
            "chain_k": man["method"]["chain_k"],
            "seed": man["seed"], "params_paper": man["params"]["paper"], "params_full": man["params"]["full"],
-           "test_acc": m["test_acc"], "train_loss": m["train_loss"], "test_loss": m["test_loss"],
-           "gap_ce": m["test_loss"] - m["train_loss"], "gap_01": m["train_acc"] - m["test_acc"],
+           "test_acc": m.get("test_acc"), "train_loss": m["train_loss"], "test_loss": m["test_loss"],
+           "gap_ce": m["test_loss"] - m["train_loss"], "gap_01": None,
            "train_seconds": man["timing"]["train_seconds"], "peak_gpu_memory_bytes": man["timing"].get(
-               "peak_gpu_memory_bytes")}
+               "peak_gpu_memory_bytes"), "problem": checkpoint.problem_of(man)}
+    if row["problem"] == "regression":  # the loss is the MSE; there is no 0-1 error nor CE
+        row.update(gap_ce=None, gap_mse=m["test_loss"] - m["train_loss"], test_mse=m["test_loss"])
+    else:
+        row["gap_01"] = m["train_acc"] - m["test_acc"]
+    for name in checkpoint.metrics_of(man):  # the task's metrics beside accuracy: test_f1, test_pearson, ...
+        if name != "accuracy":
+            row[f"test_{name}"] = m.get(f"test_{name}")
     stored = {n: json.loads((ckpt / "analysis" / f"{n}.json").read_text())
               for n in ANALYSES if (ckpt / "analysis" / f"{n}.json").is_file()}
     comp = stored.get("compute", {})
     row["majority_err"] = comp.get("majority_err")  # the trivial classifier's test error
+    if row["problem"] == "regression":
+        row["mean_mse"] = comp.get("mean_mse")  # the trivial regressor's test MSE
     row.update(bounded_loss(comp))
     values: dict[str, float | None] = {}
     for name, (source, result_cls) in measures().items():
@@ -150,8 +165,8 @@ def compare(dirs: list[str | Path]) -> dict:
     ranking = {}
     all_measures = measures()
     for measure in all_measures:
-        for gap in GAPS:
-            pts = [r for r in rows if isinstance(r[measure], (int, float)) and math.isfinite(r[measure])]
+        for gap in (*GAPS, *REGRESSION_GAPS):
+            pts = [r for r in rows if _finite(r[measure]) and _finite(r.get(gap))]
             if len(pts) < 2:
                 continue
             ranking[f"{measure}|{gap}"] = {

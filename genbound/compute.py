@@ -13,12 +13,13 @@ from torch import nn
 
 from . import bounds, result
 from .build import Built, parameter_counts
-from .checkpoint import Loaded
+from .checkpoint import Loaded, problem_of
 from .errors import CheckpointError, GenboundError
 from .options import opt
 from .layers import AdapterLinear
 from .update import spectral_norm
-from .runtime import losses, predict
+from .metrics import task_metrics
+from .runtime import losses, predict, regression_losses
 
 SCHEMA = "genbound.compute/1"
 
@@ -30,11 +31,11 @@ def parse_sigma(text: str) -> float | None:
 
 @dataclass
 class ComputeOptions:
-    loss: str = opt("01", '01 or ce (ce needs --smoothing or --clip to be bounded)')
+    loss: str = opt("01", '01 or ce (ce needs --smoothing or --clip to be bounded); mse for a regression task')
     bits: float = opt(32.0, 'q, bits per stored number')
     sigma: float | None = opt(None, 'sub-Gaussian parameter: auto (from the loss) or a value', parse=parse_sigma)
     smoothing: float | None = opt(None, 'prediction smoothing a')
-    clip: float | None = opt(None, 'clip the cross-entropy at M')
+    clip: float | None = opt(None, 'clip the cross-entropy (regression: the squared error) at M')
     delta: float = opt(0.05, 'confidence 1 - delta of the Occam bound')
     block_lipschitz: float = opt(1.0, 'transformers: assumed Lipschitz constant of each block (Theorem 1)')
     compress: bool = opt(False, 'quantize + entropy-code the trained numbers and report the Occam bound')
@@ -66,6 +67,40 @@ def check_options(opts: ComputeOptions) -> None:
     for flag, value in (("--qat-lr", opts.qat_lr), ("--block-lipschitz", opts.block_lipschitz)):
         if not (math.isfinite(value) and value > 0):
             raise GenboundError(f"{flag} {value}: must be a positive number")
+
+
+def check_task_options(task, opts: ComputeOptions) -> None:
+    """One line for an option that does not fit the checkpoint's task: the 0-1 loss, CE, smoothing and the
+    Occam bound (a bound on a 0-1 error) are classification's; the squared error is regression's."""
+    if task.regression:
+        if opts.loss != "mse":
+            raise GenboundError(f"--loss {opts.loss}: a regression task has no 0-1 error or cross-entropy; use "
+                                "--loss mse (the squared error, bounded by --clip M or by clipping predictions into "
+                                "the target range)")
+        if opts.smoothing is not None:
+            raise GenboundError("--smoothing smooths class probabilities; a regression task has none (use --clip M)")
+        if opts.compress:
+            raise GenboundError("--compress: the Occam bound bounds a 0-1 error (docs/theory.md 5a); a regression "
+                                "task has none")
+    elif opts.loss == "mse":
+        raise GenboundError(f"--loss mse is for regression tasks; {task.name} is a classification task (use 01 or ce)")
+
+
+def defaults_for(manifest: dict) -> dict:
+    """Options that differ from the defaults for a checkpoint's task (``study.fill_missing``): a regression
+    task is measured with the squared error."""
+    return {"loss": "mse"} if problem_of(manifest) == "regression" else {}
+
+
+def target_range(task) -> tuple[float, float]:
+    """[lo, hi] of a regression task's targets over both splits: the range its bounded loss assumes."""
+    y = torch.cat([task.train.y, task.test.y]).double()
+    return float(y.min()), float(y.max())
+
+
+def mean_predictor_mse(y_train: torch.Tensor, y_test: torch.Tensor) -> float:
+    """Test MSE of always predicting the mean training target: the trivial regressor."""
+    return float(((y_test.double() - y_train.double().mean()) ** 2).mean())
 
 
 # ---- measured (section 2) -------------------------------------------------------------------------------
@@ -143,14 +178,16 @@ def mlp_input_radius(inputs: dict) -> float:
     return math.sqrt(float(x.norm(dim=1).max()) ** 2 + 1)
 
 
-def theorem1(loaded: Loaded, init: Built, C: float, c_source: str, opts: ComputeOptions) -> dict:
-    """Phi_dW and Phi_W0 of Theorem 1 with the matrices' norms; ``C`` bounds the composition's input norm."""
+def theorem1(loaded: Loaded, init: Built, C: float, c_source: str, opts: ComputeOptions,
+             l_loss: float = bounds.SQRT2, loss_words: str = "L_loss = sqrt(2) for CE w.r.t. logits") -> dict:
+    """Phi_dW and Phi_W0 of Theorem 1 with the matrices' norms; ``C`` bounds the composition's input norm,
+    ``l_loss`` is the loss's Lipschitz constant in the network output (``loss_words`` says which)."""
     mats = matrix_norms(loaded, init)
     a, d = [m["norm_w0"] for m in mats], [m["norm_dw"] for m in mats]
     L = len(mats)
     if loaded.built.backbone.kind == "mlp":
         lips, assumptions = [1.0] * L, ("exact: ReLU MLP (L_l = 1, c_l = 0, last layer identity), biases folded in "
-                                       f"as [[W b],[0 1]], L_loss = sqrt(2) for CE w.r.t. logits, C = {c_source}")
+                                       f"as [[W b],[0 1]], {loss_words}, C = {c_source}")
     else:
         lips = [opts.block_lipschitz] * L
         family = getattr(getattr(loaded.model, "config", None), "model_type", "transformer")
@@ -159,10 +196,10 @@ def theorem1(loaded: Loaded, init: Built, C: float, c_source: str, opts: Compute
                        f"adapted/head matrices in order, each block between them {opts.block_lipschitz:g}-Lipschitz "
                        f"(--block-lipschitz) with c_l = 0, biases and {norms} parameters inside the blocks (attention, "
                        f"residuals{', the causal mask and the last-token pooling' if norms == 'RMSNorm' else ''} "
-                       f"assumed within that constant); L_loss = sqrt(2); C = {c_source}")
+                       f"assumed within that constant); {loss_words}; C = {c_source}")
     zeros = [0.0] * (L - 1)
-    log_dw = bounds.log10_phi(a, d, C, lips, zeros)
-    log_w0 = bounds.log10_phi(d, a, C, lips, zeros)
+    log_dw = bounds.log10_phi(a, d, C, lips, zeros, l_loss)
+    log_w0 = bounds.log10_phi(d, a, C, lips, zeros, l_loss)
     return {"matrices": mats, "C": C, "log10_phi_dw": log_dw, "log10_phi_w0": log_w0,
             "phi_dw": bounds.finite_or_none(log_dw), "phi_w0": bounds.finite_or_none(log_w0),
             "theorem1_assumptions": assumptions}
@@ -175,28 +212,36 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
     task, man, model, dev = loaded.task, loaded.manifest, loaded.model, loaded.device
     if len(task.test) == 0 or len(task.train) == 0:
         raise GenboundError("the checkpoint's task has no train or test examples to measure the gap on")
-    sigma, sigma_source = bounds.sigma_of(opts.loss, task.num_classes, opts.smoothing, opts.clip, opts.sigma)
+    check_task_options(task, opts)
+    reg = task.regression
+    span = target_range(task) if reg else None
+    sigma, sigma_source = bounds.sigma_of(opts.loss, task.num_classes, opts.smoothing, opts.clip, opts.sigma, span)
     enc = loaded.built.backbone.encode
     inputs = {s: {k: v.to(dev) for k, v in enc(getattr(task, s)).items()} for s in ("train", "test")}
     ys = {s: getattr(task, s).y.to(dev) for s in ("train", "test")}
     mlp = loaded.built.backbone.kind == "mlp"
+
+    def measured(net, s: str) -> tuple[dict, torch.Tensor]:
+        """The losses of ``net`` on split ``s``, and its outputs."""
+        out = predict(net, inputs[s], len(ys[s]), opts.batch_size)
+        return (regression_losses(out, ys[s], opts.clip, span) if reg else
+                losses(out, ys[s], opts.smoothing, opts.clip)), out
+
+    m, outs = {}, {}
     with nullcontext([0.0]) if mlp else token_norm_probe(model) as token_norm:  # C, seen in the train pass
-        m = {"train": losses(predict(model, inputs["train"], len(ys["train"]), opts.batch_size), ys["train"],
-                             opts.smoothing, opts.clip)}
-    m["test"] = losses(predict(model, inputs["test"], len(ys["test"]), opts.batch_size), ys["test"], opts.smoothing,
-                       opts.clip)
+        m["train"], outs["train"] = measured(model, "train")
+    m["test"], outs["test"] = measured(model, "test")
+    scores = {s: task_metrics(task, outs[s], ys[s]) for s in ("train", "test")}
     C, c_source = ((mlp_input_radius(inputs), "max ||[x; 1]||_2 over train and test inputs") if mlp else
                    (token_norm[0], "max token norm of the embedding output over the training split"))
-    saved = man["metrics"]
-    # the same weights on the same data give the recorded numbers up to float32 noise (another device or BLAS
-    # may flip the argmax of a near-tie: up to 3 test examples); anything else means the model is not the one
-    # trained, and nothing is reported
-    agrees = (abs(m["test"]["ce"] - saved["test_loss"]) <= 1e-3 * max(1.0, saved["test_loss"])
-              and abs((1 - m["test"]["err"]) - saved["test_acc"]) <= max(1e-3, 3 / len(task.test)))
+    agrees = matches_manifest(m["test"], scores["test"], man["metrics"], reg, len(task.test))
     if not agrees and not loaded.other_data:
-        raise CheckpointError(f"re-evaluated, the model gives test loss {m['test']['ce']:.6g} and accuracy "
-                              f"{1 - m['test']['err']:.4f}, but the manifest records {saved['test_loss']:.6g} and "
-                              f"{saved['test_acc']:.4f}: this is not the model that was trained; nothing is reported")
+        saved = man["metrics"]
+        now = (f"test MSE {m['test']['mse']:.6g}" if reg else
+               f"test loss {m['test']['ce']:.6g} and accuracy {1 - m['test']['err']:.4f}")
+        then = (f"{saved['test_loss']:.6g}" if reg else f"{saved['test_loss']:.6g} and {saved['test_acc']:.4f}")
+        raise CheckpointError(f"re-evaluated, the model gives {now}, but the manifest records {then} (or other task "
+                              "metrics): this is not the model that was trained; nothing is reported")
     n_train = len(task.train)
     counts = parameter_counts(loaded.built)
     meth = man["method"]
@@ -208,20 +253,40 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
         "params_paper": counts["paper"], "params_full": counts["full"],
         "mi_term_paper": bounds.mi_term(counts["paper"], n_train, opts.bits, sigma),
         "mi_term_full": bounds.mi_term(counts["full"], n_train, opts.bits, sigma),
-        "train_loss": m["train"]["ce"], "test_loss": m["test"]["ce"],
-        "train_err": m["train"]["err"], "test_err": m["test"]["err"],
-        "gap_ce": m["test"]["ce"] - m["train"]["ce"], "gap_01": m["test"]["err"] - m["train"]["err"],
-        "gap_ce_bounded": m["test"]["ce_bounded"] - m["train"]["ce_bounded"],
-        "majority_err": majority_error(ys["train"], ys["test"]),
-        "matches_manifest": None if loaded.other_data else agrees, "data": loaded.data, "options": asdict(opts),
+        "problem": task.problem, "metrics": list(task.metrics),
     }
-    out.update(theorem1(loaded, init, C, c_source, opts))
+    if reg:
+        out.update({"train_loss": m["train"]["mse"], "test_loss": m["test"]["mse"],
+                    "train_mse": m["train"]["mse"], "test_mse": m["test"]["mse"],
+                    "gap_mse": m["test"]["mse"] - m["train"]["mse"],
+                    "gap_mse_bounded": m["test"]["mse_bounded"] - m["train"]["mse_bounded"],
+                    "mean_mse": mean_predictor_mse(ys["train"], ys["test"]), "target_range": list(span)})
+    else:
+        out.update({"train_loss": m["train"]["ce"], "test_loss": m["test"]["ce"],
+                    "train_err": m["train"]["err"], "test_err": m["test"]["err"],
+                    "gap_ce": m["test"]["ce"] - m["train"]["ce"], "gap_01": m["test"]["err"] - m["train"]["err"],
+                    "gap_ce_bounded": m["test"]["ce_bounded"] - m["train"]["ce_bounded"],
+                    "majority_err": majority_error(ys["train"], ys["test"])})
+    for s in ("train", "test"):
+        out.update({f"{s}_{k}": v for k, v in scores[s].items() if k != "accuracy"})
+    out.update({"matches_manifest": None if loaded.other_data else agrees, "data": loaded.data,
+                "options": asdict(opts)})
+    if reg:
+        l_loss = bounds.squared_error_lipschitz(opts.clip, span)
+        words = (f"L_loss = 2 sqrt(M) = {l_loss:.4g} for the squared error clipped at M" if opts.clip is not None else
+                 f"L_loss = 2 (hi - lo) = {l_loss:.4g} for the squared error of predictions clipped into the "
+                 "target range")
+        out.update(theorem1(loaded, init, C, c_source, opts, l_loss, words))
+    else:
+        out.update(theorem1(loaded, init, C, c_source, opts))
     if opts.base_gap:
-        base_m = {s: losses(predict(init.model, inputs[s], len(ys[s]), opts.batch_size), ys[s], opts.smoothing,
-                            opts.clip) for s in ("train", "test")}
-        out["gap_ce_base"] = base_m["test"]["ce"] - base_m["train"]["ce"]
-        out["gap_01_base"] = base_m["test"]["err"] - base_m["train"]["err"]
-    if opts.loss == "ce":
+        base_m = {s: measured(init.model, s)[0] for s in ("train", "test")}
+        if reg:
+            out["gap_mse_base"] = base_m["test"]["mse"] - base_m["train"]["mse"]
+        else:
+            out["gap_ce_base"] = base_m["test"]["ce"] - base_m["train"]["ce"]
+            out["gap_01_base"] = base_m["test"]["err"] - base_m["train"]["err"]
+    if opts.loss in ("ce", "mse"):
         # G(W0) <= MI bound with I(S; W0) = 0 (W0 is fixed before S is drawn); G(dW) <= the full-count MI term.
         log_a = out["log10_phi_dw"]
         log_b = bounds.log10_sum([math.log10(out["mi_term_full"]), out["log10_phi_w0"]])
@@ -237,6 +302,27 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
     return out
 
 
+def matches_manifest(test: dict, scores: dict, saved: dict, regression: bool, n_test: int) -> bool:
+    """Whether re-evaluated test numbers equal the manifest's. The same weights on the same data give the
+    recorded numbers up to float32 noise (another device or BLAS may flip the argmax of a near-tie: up to 3
+    test examples); anything else means the model is not the one trained. Loss: relative 1e-3; accuracy:
+    3 examples; F1 and Matthews (which 3 flips move by more): 24 / n_test; correlations: 1e-3. Metrics the
+    manifest does not record (written before they were) are not compared."""
+    loss = test["mse"] if regression else test["ce"]
+    ok = abs(loss - saved["test_loss"]) <= 1e-3 * max(1.0, saved["test_loss"])
+    if not regression:
+        ok = ok and abs((1 - test["err"]) - saved["test_acc"]) <= max(1e-3, 3 / n_test)
+    for name, value in scores.items():
+        key = f"test_{name}"
+        if name == "accuracy" or key not in saved:
+            continue
+        if value is None or saved[key] is None:
+            ok = ok and value is None and saved[key] is None
+        else:
+            ok = ok and abs(value - saved[key]) <= (1e-3 if regression else max(1e-3, 24 / n_test))
+    return ok
+
+
 def _num(x: float | None, log10: float | None = None) -> str:
     if x is None:
         return f"10^{log10:.1f}" if log10 is not None else "n/a"
@@ -249,10 +335,21 @@ def render(r: dict) -> str:
         f"{r['method']}  r={r['rank']} alpha={r['alpha']:g} k={r['chain_k']}   N={r['n_train']} train / "
         f"{r['n_test']} test",
         "measured (eval mode, full splits)",
-        f"  train CE {r['train_loss']:.4f}  err {r['train_err']:.4f} | test CE {r['test_loss']:.4f}  "
-        f"err {r['test_err']:.4f} | gap CE {r['gap_ce']:.4f}  gap 0-1 {r['gap_01']:.4f}",
-        f"  always predicting the majority training class: test err {r['majority_err']:.4f}",
     ]
+    if "gap_mse" in r:  # a regression task
+        lines += [f"  train MSE {r['train_mse']:.4f} | test MSE {r['test_mse']:.4f} | gap MSE {r['gap_mse']:.4f}  "
+                  f"gap of the bounded loss {r['gap_mse_bounded']:.4f}",
+                  f"  always predicting the mean training target: test MSE {r['mean_mse']:.4f}"]
+    else:
+        lines += [f"  train CE {r['train_loss']:.4f}  err {r['train_err']:.4f} | test CE {r['test_loss']:.4f}  "
+                  f"err {r['test_err']:.4f} | gap CE {r['gap_ce']:.4f}  gap 0-1 {r['gap_01']:.4f}",
+                  f"  always predicting the majority training class: test err {r['majority_err']:.4f}"]
+    names = [k for k in r.get("metrics", []) if k != "accuracy"]
+    if names:
+        lines.append("  " + "   ".join(f"{k}: train {_num(r.get('train_' + k))} test {_num(r.get('test_' + k))}"
+                                       for k in names)
+                     + ("  (n/a: undefined, a constant side)" if any(
+                         r.get(f"{s}_{k}") is None for s in ("train", "test") for k in names) else ""))
     data = r.get("data") or {}
     if data.get("other_data"):
         lines.insert(1, f"OTHER DATA: evaluated on {data['name']}, not on the data the checkpoint was trained on "
@@ -261,6 +358,8 @@ def render(r: dict) -> str:
         lines.insert(1, "note: a format-1 checkpoint: its data and weights carry no checksums and are not verified")
     if "gap_ce_base" in r:
         lines.append(f"  before fine-tuning: gap CE {r['gap_ce_base']:.4f}  gap 0-1 {r['gap_01_base']:.4f}")
+    if "gap_mse_base" in r:
+        lines.append(f"  before fine-tuning: gap MSE {r['gap_mse_base']:.4f}")
     lines += [
         f"paper bound, loss {r['loss']}: sqrt(2 q sigma^2 ln2 D / N), q={r['bits']:g}, sigma={r['sigma']:.4g} "
         f"({r['sigma_source']})",

@@ -2,8 +2,8 @@
 
     f(a, b) = L(theta* + a d1 + b d2),  (a, b) on a grid over [-range, range]^2  (or f(a) = L(theta* + a d1))
 
-L is the mean cross-entropy (and the accuracy) on a fixed, seeded subset of ``samples`` examples of one
-split, in eval mode. theta lives in an explicit parameter space:
+L is the mean cross-entropy (and the accuracy; for regression the mean squared error alone) on a fixed,
+seeded subset of ``samples`` examples of one split, in eval mode. theta lives in an explicit parameter space:
 
 - trainable: the tensors with requires_grad (the link tensors of the adapters and the head; every weight
   for full fine-tuning).
@@ -49,7 +49,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.func import vmap
@@ -59,7 +58,7 @@ from .checkpoint import TRAJECTORY, Loaded, read_manifest, verify_file
 from .errors import CheckpointError, GenboundError
 from .options import opt
 from .layers import adapter_layers, shallow_clone
-from .runtime import batch_of, generator, logits, logits_with
+from .runtime import batch_of, generator, logits, logits_with, problem_of, task_loss
 
 SCHEMA = "genbound.landscape/1"
 SPACES, DIRS = ("trainable", "delta", "all"), ("random", "pca")
@@ -329,7 +328,15 @@ def point_params(base: dict, dirs: list[dict], coef: torch.Tensor) -> dict[str, 
 
 def _per_example(model: nn.Module, params: dict, batch: dict, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = logits_with(model, params, batch).float()
-    return F.cross_entropy(out, y, reduction="none"), (out.argmax(-1) == y)
+    return per_example(out, y)
+
+
+def per_example(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's task loss (CE, or the squared error of a regression task's float targets) and whether
+    its argmax is right (always False for regression, which has no error surface)."""
+    problem = problem_of(y)
+    correct = torch.zeros_like(y, dtype=torch.bool) if problem == "regression" else out.argmax(-1) == y
+    return task_loss(out, y, problem, "none"), correct
 
 
 def moving(dirs: list[dict]) -> list[dict]:
@@ -396,9 +403,9 @@ def evaluate_points_loop(space: Space, dirs: list[dict], coefs: torch.Tensor, da
             model.get_parameter(n).copy_(p)
         loss, correct = 0.0, 0
         for batch, y in batches:
-            out = logits(model, batch).float()
-            loss += float(F.cross_entropy(out, y, reduction="none").double().sum())
-            correct += int((out.argmax(-1) == y).sum())
+            per, ok = per_example(logits(model, batch).float(), y)
+            loss += float(per.double().sum())
+            correct += int(ok.sum())
         losses.append(loss / len(data.y))
         accs.append(correct / len(data.y))
     return np.array(losses), np.array(accs)
@@ -460,8 +467,11 @@ def landscape_analysis(loaded: Loaded, opts: LandscapeOptions, ckpt: str | Path 
     losses, accs = loss[1:].reshape(shape), acc[1:].reshape(shape)
     sharp = sharpness(a, b, losses.reshape(len(b), len(a)), float(loss[0]), opts.radius)
     d_norms = [float(_flat(d, list(d)).norm()) for d in dirs]
-    out.update(coords={"a": a, "b": b if k == 2 else []}, center_loss=float(loss[0]), center_acc=float(acc[0]),
-               losses=losses.tolist(), accuracies=accs.tolist(), sharpness=sharp, samples=len(data.y),
+    regression = loaded.task.regression  # no error surface: MSE only
+    out.update(coords={"a": a, "b": b if k == 2 else []}, center_loss=float(loss[0]),
+               center_acc=None if regression else float(acc[0]), loss_kind="mse" if regression else "ce",
+               losses=losses.tolist(), accuracies=None if regression else accs.tolist(), sharpness=sharp,
+               samples=len(data.y),
                samples_requested=opts.samples, split=opts.split, seed=opts.seed, include_1d=opts.include_1d,
                n_params=space.n_params, direction_norms=d_norms, evaluation=info, options=asdict(opts),
                layout="losses[j][i] = f(a_i, b_j): rows follow b (d2), columns a (d1)" if k == 2 else
@@ -472,8 +482,9 @@ def landscape_analysis(loaded: Loaded, opts: LandscapeOptions, ckpt: str | Path 
 def landscape_arrays(result: dict) -> dict[str, np.ndarray]:
     """The arrays of a result for the .npz: grid coordinates, losses, accuracies, the projected trajectory."""
     out = {"a": np.array(result["coords"]["a"]), "b": np.array(result["coords"]["b"]),
-           "losses": np.array(result["losses"]), "accuracies": np.array(result["accuracies"]),
-           "center_loss": np.array(result["center_loss"])}
+           "losses": np.array(result["losses"]), "center_loss": np.array(result["center_loss"])}
+    if result.get("accuracies") is not None:
+        out["accuracies"] = np.array(result["accuracies"])
     if result.get("trajectory"):
         t = result["trajectory"]
         out.update(trajectory_a=np.array(t["a"]), trajectory_b=np.array(t["b"]),
@@ -492,7 +503,9 @@ def render(r: dict) -> str:
              f"  directions: {r['description']}",
              f"  {r['samples']} {r['split']} examples (seed {r['seed']}); {e['points']} points in {e['seconds']:.2f} s "
              f"({e['path']}, chunk {e['chunk']}, {e['device']})",
-             f"  centre loss {r['center_loss']:.4f} (acc {r['center_acc']:.4f}); sharpness: increase within "
+             f"  centre loss {r['center_loss']:.4f} "
+             f"({'MSE' if r['center_acc'] is None else 'CE, acc ' + format(r['center_acc'], '.4f')}); "
+             "sharpness: increase within "
              f"rho={s['rho']:g} {s['increase']:.4f}, max over the grid {s['max']:.4f}"]
     if e["vmap_fallback_ops"]:
         lines.append(f"  note: no vmap batching rule for {', '.join(e['vmap_fallback_ops'])} (looped inside vmap)")

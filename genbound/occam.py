@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import bounds, compress
 from .build import Built, adapter_state
 from .checkpoint import Loaded
 from .compress import encode, quantize
-from .runtime import batch_of, logits_with, losses, predict
+from .runtime import batch_of, logits_with, losses, predict, task_loss
 
 
 def trained_deltas(loaded: Loaded, init: Built) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -104,7 +103,7 @@ def quantization_aware(model: nn.Module, pairs: dict, deltas: dict[str, torch.Te
             levels = {k: kmeans_levels(p, bits) if p.numel() else None for k, p in params.items()}
         idx = torch.randint(len(y), (batch_size,), generator=gen).to(device)
         values = {k: starts[k] + fake_quant(p, bits, scheme, levels[k]) for k, p in params.items()}
-        loss = F.cross_entropy(logits_with(model, values, batch_of(inputs, idx)).float(), y[idx])
+        loss = task_loss(logits_with(model, values, batch_of(inputs, idx)).float(), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()

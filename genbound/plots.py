@@ -57,7 +57,8 @@ MEASURE_LABELS = {
     "intruders": "mean intruder count (top-k, eps = 0.5)",
     "stable_rank": "mean stable rank of dW",
 }
-GAP_LABELS = {"gap_01": "gap 0-1 (train acc - test acc)", "gap_ce": "gap CE (test CE - train CE)"}
+GAP_LABELS = {"gap_01": "gap 0-1 (train acc - test acc)", "gap_ce": "gap CE (test CE - train CE)",
+              "gap_mse": "gap MSE (test MSE - train MSE)"}
 
 
 def method_colour(method: str) -> str:
@@ -213,8 +214,9 @@ def _group_label(r: dict) -> str:
 
 
 def method_figure(result: dict) -> Figure:
-    """Test accuracy and the 0-1 gap per method (and rank): bars from 0 at the mean over seeds in the method's
-    colour; where a group has 2 or more seeds, an error bar of +-1 sample std over seeds and its seeds as dots
+    """Test accuracy and the 0-1 gap (regression: test MSE and the MSE gap) per method (and rank): bars from 0
+    at the mean over seeds in the method's colour; where a group has 2 or more seeds, an error bar of +-1 sample
+    std over seeds and its seeds as dots
     (a one-seed group gets neither)."""
     groups: dict[str, list[dict]] = {}
     for r in result["rows"]:
@@ -231,7 +233,12 @@ def method_figure(result: dict) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(max(9, 0.55 * len(labels) + 4.5), 4.4), layout="constrained")
     x = list(range(len(labels)))
     colours = [method_colour(groups[g][0]["method"]) for g in labels]
-    for ax, key, name in ((axes[0], "test_acc", "test accuracy"), (axes[1], "gap_01", "gap 0-1 (train - test acc)")):
+    regression = any(r.get("problem") == "regression" for r in result["rows"])
+    panels = ((("test_mse", "test MSE", "Test MSE"), ("gap_mse", "gap MSE (test - train)", "Generalization gap (MSE)"))
+              if regression else (("test_acc", "test accuracy", "Test accuracy"),
+                                  ("gap_01", "gap 0-1 (train - test acc)", "Generalization gap (0-1 loss)")))
+    for ax, (key, name, title) in zip(axes, panels):
+        ax.set_title(title)
         values = [[r[key] for r in groups[g]] for g in labels]
         means = [sum(v) / len(v) for v in values]
         ax.bar(x, means, color=colours, edgecolor="black", linewidth=0.5, width=0.7)
@@ -254,8 +261,6 @@ def method_figure(result: dict) -> Figure:
             pad = 0.06 * ((top - bottom) or 1.0)
             ax.set_ylim(bottom - pad if bottom < 0 else 0.0, top + pad)
             ax.axhline(0.0, color="black", lw=0.6)
-    axes[0].set_title("Test accuracy")
-    axes[1].set_title("Generalization gap (0-1 loss)")
     return fig
 
 

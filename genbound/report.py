@@ -124,6 +124,8 @@ SHORT = {"hessian_top": "H top", "hessian_trace": "H trace", "intruders": "intru
 def render_report(result: dict, title: str) -> str:
     """README.md of a comparison: the test error next to its bound and the gap next to its bound per method
     (over seeds), the measure ranking, and every checkpoint."""
+    if any(r.get("problem") == "regression" for r in result["rows"]):
+        return render_regression_report(result, title)
     rows = [{**r, "test_err": 1 - r["test_acc"]} for r in result["rows"]]
     model = rows[0]["model"]
     model = Path(model).name if "/" in model else model
@@ -243,6 +245,81 @@ def render_report(result: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _metric_keys(rows: list[dict]) -> list[str]:
+    """The task-metric columns of the rows (test_f1, test_matthews, test_pearson, test_spearman), in order."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k.startswith("test_") and k not in ("test_acc", "test_loss", "test_mse")
+                 and k not in keys]
+    return keys
+
+
+def render_regression_report(result: dict, title: str) -> str:
+    """README.md of a comparison of regression checkpoints: test MSE, the task's metrics and the MSE gap next to
+    the paper's bound on the gap of the bounded squared error, the ranking, every checkpoint. No 0-1 error, so
+    no Occam bound; a gap bound is marked vacuous at >= the width of the bounded loss's range."""
+    rows = result["rows"]
+    model = rows[0]["model"]
+    model = Path(model).name if "/" in model else model
+    losses = {id(r): bound_loss(r) for r in rows}
+    metric_keys = _metric_keys(rows)
+    seeds = sorted({r["seed"] for r in rows})
+    stats = {k: per_method(rows, k) for k in ("test_mse", "mean_mse", "gap_mse", "paper_bound", "params_paper",
+                                               *metric_keys)}
+    keys = sorted(stats["test_mse"], key=lambda k: (plots.method_sort_key(k[0]), str(k[1])))
+    by_group: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_group.setdefault(_group(r), []).append(r)
+    labels = sorted({losses[id(r)]["label"] for r in rows if _number(r.get("paper_bound"))})
+    loss_label = labels[0] if len(labels) == 1 else "each checkpoint's compute loss"
+    mhead = "".join(f" {k.replace('_', ' ')} |" for k in metric_keys)
+    lines = [f"# {title}", "", f"{len(rows)} checkpoints of {model} on {rows[0]['data']}, a regression task "
+             f"({len(keys)} method/rank groups, {len(seeds)} seed{'s' * (len(seeds) != 1)}).", "",
+             "## Test MSE, the task's metrics, and the gap with the bound on it, per method (mean +- std over seeds)",
+             "", f"| method | r | seeds | D paper | test MSE | mean-predictor MSE |{mhead} gap MSE | paper bound on "
+             f"the gap ({loss_label}) |", "|" + "---|" * (8 + len(metric_keys))]
+    for key in keys:
+        cell = {k: stats[k].get(key) for k in stats}
+        flags = [vacuous_gap_bound(r.get("paper_bound"), losses[id(r)]["max_gap"]) for r in by_group[key]]
+        bound = _pm(cell["paper_bound"], 3)
+        params = cell["params_paper"]
+        lines.append(f"| {key[0]} | {key[1]} | {cell['test_mse'][2]} | {_fmt(int(params[0])) if params else '-'} | "
+                     f"{_pm(cell['test_mse'])} | {_pm(cell['mean_mse'])} |"
+                     + "".join(f" {_pm(cell[k])} |" for k in metric_keys)
+                     + f" {_pm(cell['gap_mse'])} | {bound + (_mark(flags) if bound != '-' else '')} |")
+    lines += ["", "gap MSE = test MSE - train MSE (of the unbounded squared error); mean-predictor MSE = the test MSE "
+              "of always predicting the mean training target. The paper's bound sqrt(2 q sigma^2 ln2 D / N) bounds "
+              f"the expected gap of the {loss_label} (its gap is `gap_mse_bounded` in analysis/compute.json); it is "
+              "marked vacuous when it is at least the width of that loss's range. Correlations undefined for a "
+              "constant prediction show as -."]
+    lines += ["", "## How well each measure ranks the MSE gap (Kendall tau; granulated Psi over method, rank, seed)",
+              ""]
+    if len(rows) < TAU_MIN_CHECKPOINTS:
+        lines += [f"Too few checkpoints to rank measures: {len(rows)} (this report ranks from "
+                  f"{TAU_MIN_CHECKPOINTS} checkpoints on); the taus are in results.json.", ""]
+    else:
+        lines += ["| measure | gap | n | tau | 95% seed-bootstrap interval | Psi |", "|---|---|---|---|---|---|"]
+        for t in sorted(result["ranking"].values(), key=lambda t: -abs(t["tau"])):
+            lo, hi = t["tau_ci95_seed_bootstrap"]
+            lines.append(f"| {t['measure']} | {t['gap']} | {t['n']} | {t['tau']:+.3f} | [{_fmt(lo, 2)}, "
+                         f"{_fmt(hi, 2)}] | {_fmt(t['psi'], 3)} |")
+        lines.append("")
+    lines += ["Measures: " + "; ".join(f"`{k}` = {v}" for k, v in result["measures"].items()) + "."]
+    lines += ["", "## Every checkpoint", "",
+              f"| checkpoint | method | r | k | seed | D paper | train MSE | test MSE |{mhead} gap MSE | paper bound "
+              "| log10 Thm 1 bound | train s |", "|" + "---|" * (12 + len(metric_keys))]
+    for r in sorted(rows, key=lambda r: (plots.method_sort_key(r["method"]), r["rank"], r["seed"])):
+        paper = _fmt(r.get("paper_bound"), 3) + _mark([vacuous_gap_bound(r.get("paper_bound"),
+                                                                          losses[id(r)]["max_gap"])])
+        rank = r["rank"] if r["scope"] == "adapter" else "-"
+        lines.append(f"| {Path(r['checkpoint']).name} | {r['method']} | {rank} | {r['chain_k']} | {r['seed']} | "
+                     f"{r['params_paper']:,} | {r['train_loss']:.4f} | {r['test_loss']:.4f} |"
+                     + "".join(f" {_fmt(r.get(k), 4)} |" for k in metric_keys)
+                     + f" {r['gap_mse']:+.4f} | {paper} | {_fmt(r.get('log10_theorem1'), 3)} | "
+                     f"{r['train_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- figures -------------------------------------------------------------------------------------------
 def landscapes_of(rows: list[dict]) -> dict[str, dict]:
     """One landscape per method for the side-by-side figure: its lowest seed and rank; only when all of them
@@ -281,18 +358,24 @@ def figure_captions(result: dict, spectra: dict[str, dict], landscapes: dict[str
     else:
         bars = "one seed per group, so there are no error bars"
     height = "mean over seeds" if max(counts) >= 2 else "value of the single seed"
+    regression = any(r.get("problem") == "regression" for r in rows)
+    what = ("Test MSE (left) and the MSE generalization gap, test MSE minus train MSE (right)" if regression else
+            "Test accuracy (left) and the 0-1 generalization gap, train accuracy minus test accuracy (right)")
+    axis = ("Both axes start at 0 (below it only where a gap or an error bar is negative; black line: 0)." if regression
+            else "The accuracy axis spans 0 to 1; the gap axis starts at 0 (below it only where a gap or an error bar "
+                 "is negative; black line: 0).")
     caps = {"methods.png": (
-        f"Test accuracy (left) and the 0-1 generalization gap, train accuracy minus test accuracy (right), per method "
+        f"{what}, per method "
         f"and rank (x axis) over all {n} checkpoints ({_seed_words(counts)}). Bar height is the {height}; {bars}. "
-        "The accuracy axis spans 0 to 1; the gap axis starts at 0 (below it only where a gap or an error bar is "
-        f"negative; black line: 0). {colours}")}
+        f"{axis} {colours}")}
     marker = f"; marker shape = rank r ({', '.join(map(str, ranks))}; squares: full and head)" if len(ranks) > 1 else ""
     interval = (" and, in brackets, its 95% interval from resampling whole seeds" if len(seeds) >= 2 else
                 " (one seed: no interval)")
     titles = (f"Panel titles give Kendall tau over all checkpoints{interval}." if n >= TAU_MIN_CHECKPOINTS else
               f"No tau in the titles: {n} checkpoints are too few to rank measures.")
     for gap, words in (("gap_01", "0-1 gap (train accuracy minus test accuracy)"),
-                       ("gap_ce", "cross-entropy gap (test CE minus train CE)")):
+                       ("gap_ce", "cross-entropy gap (test CE minus train CE)"),
+                       ("gap_mse", "squared-error gap (test MSE minus train MSE)")):
         caps[f"measures-{gap}.png"] = (
             f"Each measure that compare ranks (one panel each; x axis, log scale where marked) against the measured "
             f"{words} (y axis), one point per checkpoint ({n} checkpoints, {_seed_words(counts)}), colour = method"
@@ -308,9 +391,10 @@ def figure_captions(result: dict, spectra: dict[str, dict], landscapes: dict[str
             f"(left) and among all of them (right).{heads} {colours}")
     if landscapes:
         r0 = next(iter(landscapes.values()))
+        loss_words = "mean squared error" if r0.get("loss_kind") == "mse" else "cross-entropy"
         if r0["one_d"]:
             caps["landscapes.png"] = (
-                f"{r0['split'].capitalize()} loss (cross-entropy on {r0['samples']} examples) along d1 through the "
+                f"{r0['split'].capitalize()} loss ({loss_words} on {r0['samples']} examples) along d1 through the "
                 f"trained weights, one curve per method (its lowest seed and rank). {colours}")
         else:
             if r0["dirs"] == "pca":
@@ -320,7 +404,7 @@ def figure_captions(result: dict, spectra: dict[str, dict], landscapes: dict[str
                 dirs = (f"two filter-normalized Gaussian random directions (Li et al. 2018) in the {r0['space']} "
                         f"parameter space, seed {r0.get('seed', 0)}")
             caps["landscapes.png"] = (
-                f"{r0['split'].capitalize()} loss (cross-entropy on {r0['samples']} examples) on the plane "
+                f"{r0['split'].capitalize()} loss ({loss_words} on {r0['samples']} examples) on the plane "
                 f"theta* + a d1 + b d2 around the trained weights theta* (white star), a and b in "
                 f"[-{r0['range']:g}, {r0['range']:g}] (x and y axes), for one checkpoint per method (its lowest seed "
                 f"and rank); d1 and d2 are {dirs}. One log colour scale for all panels (colour bar); white lines are "
@@ -335,7 +419,7 @@ def write_comparison(result: dict, out: Path, title: str) -> None:
     write_json(out / "results.json", result)
     written = ["methods.png"]
     plots.save(plots.method_figure(result), str(out / "methods.png"))
-    for gap in ("gap_01", "gap_ce"):
+    for gap in ("gap_01", "gap_ce", "gap_mse"):
         fig = plots.measure_scatter_figure(result, gap, show_tau=len(result["rows"]) >= TAU_MIN_CHECKPOINTS)
         if fig is not None:
             plots.save(fig, str(out / f"measures-{gap}.png"))

@@ -15,6 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .errors import TrainingError
+from .metrics import FUNCTIONS
 
 
 def generator(seed: int, *keys: object) -> torch.Generator:
@@ -69,12 +70,34 @@ def predict(model: nn.Module, inputs: dict, n: int, batch_size: int = 256) -> to
     return torch.cat(out)
 
 
+def task_loss(logits: torch.Tensor, y: torch.Tensor, problem: str = "classification",
+              reduction: str = "mean") -> torch.Tensor:
+    """The training loss of a task: cross-entropy of (N, K) logits against class ids, or, for a regression task,
+    the squared error of the one output (N, 1) against float targets (mean: MSE). Every loss genbound trains on
+    or analyses (training, the Hessian, the landscape, QAT) is formed here."""
+    if problem == "regression":
+        return F.mse_loss(logits[..., 0], y.to(logits.dtype), reduction=reduction)
+    return F.cross_entropy(logits, y, reduction=reduction)
+
+
+def problem_of(y: torch.Tensor) -> str:
+    """"regression" for float targets, else "classification" (the Task contract: regression targets are float32)."""
+    return "regression" if y.is_floating_point() else "classification"
+
+
 def evaluate(model: nn.Module, inputs: dict, y: torch.Tensor, batch_size: int = 256,
-             limit: int | None = None) -> dict[str, float]:
-    """Mean cross-entropy and accuracy in eval mode, float32, over the first ``limit`` examples."""
+             limit: int | None = None, problem: str | None = None, metrics=()) -> dict[str, float | None]:
+    """In eval mode, float32, over the first ``limit`` examples: classification gives the mean cross-entropy
+    ``loss`` and accuracy ``acc``; regression (``problem``, or float ``y`` when None) the MSE as ``loss`` and
+    ``mse``. Each name in ``metrics`` but accuracy (``genbound.metrics``) is added under its own name."""
     n = len(y) if limit is None else min(limit, len(y))
+    problem = problem or problem_of(y)
     out = predict(model, inputs, n, batch_size)
-    return {"loss": F.cross_entropy(out, y[:n]).item(), "acc": int((out.argmax(-1) == y[:n]).sum()) / n}
+    loss = task_loss(out, y[:n], problem).item()
+    m: dict[str, float | None] = ({"loss": loss, "mse": loss} if problem == "regression" else
+                                  {"loss": loss, "acc": int((out.argmax(-1) == y[:n]).sum()) / n})
+    m.update({name: FUNCTIONS[name](out, y[:n]) for name in metrics if name != "accuracy"})
+    return m
 
 
 def losses(logits: torch.Tensor, y: torch.Tensor, smoothing: float | None, clip: float | None) -> dict[str, float]:
@@ -89,3 +112,14 @@ def losses(logits: torch.Tensor, y: torch.Tensor, smoothing: float | None, clip:
         bounded = ce
     return {"ce": ce.mean().item(), "err": (logits.argmax(-1) != y).double().mean().item(),
             "ce_bounded": bounded.mean().item()}
+
+
+def regression_losses(out: torch.Tensor, y: torch.Tensor, clip: float | None,
+                      span: tuple[float, float]) -> dict[str, float]:
+    """MSE of the one output and the bounded squared error the regression bounds speak of: clipped at ``clip``
+    (min((f - y)^2, M)), or without a clip the squared error of the prediction clipped into the target range
+    ``span`` = (lo, hi) ((clamp(f, lo, hi) - y)^2, in [0, (hi - lo)^2] for targets in the range). Float64."""
+    f, t = out[..., 0].double(), y.double()
+    se = (f - t) ** 2
+    bounded = se.clamp(max=clip) if clip is not None else (f.clamp(*span) - t) ** 2
+    return {"mse": se.mean().item(), "mse_bounded": bounded.mean().item()}

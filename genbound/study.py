@@ -91,6 +91,13 @@ def load_study(path: str | Path) -> Study:
     return study
 
 
+def for_task(name: str, opts: dict, manifest: dict) -> dict:
+    """``opts`` over what analysis ``name`` defaults to for the checkpoint's task (its module's optional
+    ``defaults_for(manifest)``: compute measures a regression task with the squared error)."""
+    defaults = getattr(ANALYSES[name].load(), "defaults_for", lambda manifest: {})(manifest)
+    return {**defaults, **opts}
+
+
 def _options(name: str, opts: dict, source: str):
     """The options object of analysis ``name`` from a study section (or {} for its defaults), checked."""
     from .options import options_of
@@ -137,15 +144,16 @@ def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", load
 
 
 def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "auto", log=print) -> None:
-    """Run each of ``analyses`` (default options) on every checkpoint that lacks its JSON; head-only checkpoints
-    get no spectrum (no adapted matrix)."""
+    """Run each of ``analyses`` (default options for the checkpoint's task, ``for_task``) on every checkpoint that
+    lacks its JSON; head-only checkpoints get no spectrum (no adapted matrix)."""
     from .runtime import pick_device
 
     unknown = sorted(set(analyses) - set(ANALYSES))
     if unknown:
         raise GenboundError(f"unknown analysis {unknown}; choose from {list(ANALYSES)}")
     for d in map(Path, dirs):
-        scope = checkpoint.read_manifest(d)["method"]["scope"]
+        manifest = checkpoint.read_manifest(d)
+        scope = manifest["method"]["scope"]
         todo = [a for a in analyses if applies(a, scope) and not (d / "analysis" / f"{a}.json").is_file()]
         if not todo:
             continue
@@ -156,7 +164,7 @@ def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "aut
                                 "only what is on disk)") from None
         for name in todo:
             start = time.perf_counter()
-            run_analysis(d, name, _options(name, {}, "compare"), device, loaded)
+            run_analysis(d, name, _options(name, for_task(name, {}, manifest), "compare"), device, loaded)
             log(f"{d.name}: {name} ({time.perf_counter() - start:.1f} s)")
 
 
@@ -236,11 +244,12 @@ def drift(study: Study, runs: list[dict]) -> list[str]:
         else:
             continue
         changes = _config_drift(run["config"], recorded)
+        manifest = checkpoint.read_manifest(out) if (out / checkpoint.MANIFEST).is_file() else {}
         for name in _analyses_of(study, run):
             path = out / "analysis" / f"{name}.json"
             if path.is_file():
-                changes += [f"{name}: {c}" for c in _options_drift(name, _options(name, study.analyses[name], "study"),
-                                                                  json.loads(path.read_text()))]
+                asked = _options(name, for_task(name, study.analyses[name], manifest), "study")
+                changes += [f"{name}: {c}" for c in _options_drift(name, asked, json.loads(path.read_text()))]
         if changes:
             found.append(f"{run['name']} ({', '.join(changes)})")
     return found
@@ -293,7 +302,8 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
 
             start = time.perf_counter()
             loaded = loaded or checkpoint.load(out, device=pick_device(device))
-            run_analysis(out, name, _options(name, opts, "study"), device, loaded, progress=progress)
+            run_analysis(out, name, _options(name, for_task(name, opts, loaded.manifest), "study"), device, loaded,
+                         progress=progress)
             log(f"{run['name']}: {name} ({time.perf_counter() - start:.1f} s)")
         done.append(out)
     return done

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, files
@@ -28,7 +27,8 @@ from .graphs import GraphedStep
 from .layers import next_link, use_fused
 from .config import TrainConfig, check_config, model_ref, normalized, run_label
 from .methods import get_method
-from .runtime import batch_of, evaluate, generator, logits, pick_device
+from .metrics import check_task
+from .runtime import batch_of, evaluate, generator, logits, pick_device, task_loss
 
 
 SYNC_EVERY = 16  # steps between host reads of the loss (NaN check, progress bar)
@@ -165,7 +165,7 @@ class _Run:
         batch = {k: v for k, v in inputs.items() if k != "y"}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=self.graphed is None):
             out = logits(self.built.model, batch)
-        loss = F.cross_entropy(out.float(), inputs["y"])
+        loss = task_loss(out.float(), inputs["y"], self.task.problem)
         loss.backward()
         if self.cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.clip)
@@ -190,9 +190,10 @@ class _Run:
 
     def log_eval(self, running: float) -> None:
         self.peak_memory()  # evaluation (batches of 256, no graph) is left out of the training peak
-        m = evaluate(self.built.model, self.eval_in, self.eval_y)
+        m = evaluate(self.built.model, self.eval_in, self.eval_y, problem=self.task.problem)
         row = {"step": self.step, "link": self.link, "lr": float(self.sched.get_last_lr()[0]),
-               "train_loss_running": running, "test_loss_subset": m["loss"], "test_acc_subset": m["acc"],
+               "train_loss_running": running, "test_loss_subset": m["loss"],
+               **({"test_mse_subset": m["mse"]} if "mse" in m else {"test_acc_subset": m["acc"]}),
                "eval_samples": len(self.eval_y)}
         files.append_jsonl(self.out / "metrics.jsonl", row)
         if self.device.type == "cuda":
@@ -261,6 +262,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     get_method(cfg.method)  # unknown names fail before any data is loaded
     device = pick_device(cfg.device)
     task = load_task(cfg.data, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test)
+    check_task(task)
     ref = model_ref(cfg)
     built = build(ref, task, cfg.method, cfg.rank, cfg.alpha, cfg.chain, cfg.seed, cfg.targets)
     run = _Run(cfg, out, task, built, device)
@@ -328,7 +330,8 @@ def _train_loop(run: _Run, cfg: TrainConfig, out: Path, ref: dict, progress: boo
     peak = run.peak_memory()
     final = {f"{split}_{key}": value
              for split, (inputs, y) in {"train": (run.train_in, run.y_train), "test": (run.test_in, run.y_test)}.items()
-             for key, value in evaluate(built.model, inputs, y).items()}
+             for key, value in evaluate(built.model, inputs, y, problem=run.task.problem,
+                                        metrics=run.task.metrics).items()}
     timing = {"train_seconds": run.train_seconds, "wall_seconds_this_session": time.perf_counter() - start,
               "peak_gpu_memory_bytes": peak, "peak_gpu_memory_scope": "training steps (evaluations left out)",
               "device": str(device), "steps": run.total, "steps_per_link": run.boundaries,

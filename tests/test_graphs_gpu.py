@@ -76,3 +76,28 @@ def test_peak_memory_counts_the_training_steps_not_the_evaluations(tmp_path, mon
     peak = man["timing"]["peak_gpu_memory_bytes"]
     assert before < peak < before + 64 * 2**20, (before, peak)
     assert torch.cuda.max_memory_allocated() >= 256 * 2**20  # the ballast was there (final evaluation)
+
+
+def test_graphed_regression_training_equals_eager(tmp_path, monkeypatch):
+    """A regression task (one output, float targets, MSE) through the captured step: the same adapters as eager."""
+    import genbound.checkpoint as ckpt_mod
+    import genbound.train as train_mod
+    from genbound.data import Split, Task, load_task
+
+    def digits_value(name, **kw):
+        t = load_task("digits", **kw)
+        return Task(name, "vision", 1, Split(t.train.x, t.train.y.float()), Split(t.test.x, t.test.y.float()),
+                    ["score"], dict(t.info), "regression", ("pearson", "spearman"))
+
+    monkeypatch.setattr(train_mod, "load_task", digits_value)
+    monkeypatch.setattr(ckpt_mod, "load_task", digits_value)
+    base = dict(model="mlp", data="digits-value", method="lora", rank=4, steps=40, batch_size=32, hidden=[64, 64],
+                eval_every=10, device="cuda", amp=False, lr=1e-2)
+    eager = train(TrainConfig(**base, graphs=False), tmp_path / "eager", progress=False)
+    graphed = train(TrainConfig(**base, graphs=True), tmp_path / "graphed", progress=False)
+    assert graphed["timing"]["cuda_graphs"] and graphed["timing"]["cuda_graph_error"] is None
+    a, b = adapters(tmp_path / "eager"), adapters(tmp_path / "graphed")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert graphed["metrics"]["test_mse"] == pytest.approx(eager["metrics"]["test_mse"], rel=1e-3)
+    assert "test_acc" not in graphed["metrics"] and graphed["metrics"]["test_pearson"] is not None

@@ -230,7 +230,8 @@ def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = Fals
            "n_params": n, "n_train": len(loaded.task.train), "samples_requested": opts.samples, "batch": opts.batch,
            "seed": opts.seed, "dtype": opts.dtype,
            "model_dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", ""),
-           "hvp": opts.hvp, "top_k": opts.top_k, "which": opts.which, "trace": None, "trace_stderr": None, **runs[0]}
+           "hvp": opts.hvp, "top_k": opts.top_k, "which": opts.which, "trace": None, "trace_stderr": None,
+           "loss_kind": "mse" if loaded.task.regression else "ce", **runs[0]}
     out.pop("samples_seed")
     if opts.repeats > 1:
         out["repeats"] = summarize_repeats(runs)
@@ -251,7 +252,8 @@ def _g(x: float | None) -> str:
 
 def render(r: dict) -> str:
     """The readable summary of one hessian result."""
-    lines = [f"{r['method']} r={r['rank']} k={r['chain_k']}  Hessian of the mean training CE over "
+    what = "MSE" if r.get("loss_kind") == "mse" else "CE"
+    lines = [f"{r['method']} r={r['rank']} k={r['chain_k']}  Hessian of the mean training {what} over "
              f"{r['samples']} examples (of {r['n_train']}), --params {r['params']}: n = {r['n_params']:,}, "
              f"{r['dtype']}, backend {r['backend']}, loss {r['loss']:.5g}"]
     if r["eigenvalues"]:

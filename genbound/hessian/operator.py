@@ -5,7 +5,8 @@ vector of dimension n) and a fixed subsample S = {(x_i, y_i)} of N training exam
 
     L(theta) = (1/N) sum_{i in S} CE(f(x_i; theta, rest), y_i),        H = d^2 L / d theta^2  (n x n)
 
-where ``rest`` are every other parameter and buffer of the model, held fixed (detached). The model runs
+where ``rest`` are every other parameter and buffer of the model, held fixed (detached); for a regression
+task (float targets) CE is the squared error (f - y)^2 of the one output (``runtime.task_loss``). The model runs
 in eval mode (no dropout). ``HessianOperator.matmat(V)`` returns H v for each row v of V without forming
 H, one pass over the subsample's batches per group of ``probe_batch`` vectors:
 
@@ -37,14 +38,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..build import Built
 from ..checkpoint import Loaded
 from ..errors import GenboundError
 from ..layers import link_tensors, merged_model
-from ..runtime import batch_of, generator, logits_with
+from ..runtime import batch_of, generator, logits_with, problem_of, task_loss
 
 PARAM_SETS = ("trainable", "adapters", "all", "dw")
 HVP_MODES = ("auto", "forward-over-reverse", "double-backward")
@@ -155,8 +155,9 @@ def math_attention() -> Iterator[None]:
 
 # ---- the operator --------------------------------------------------------------------------------------
 class HessianOperator:
-    """H = d^2 L / d theta^2 of the mean cross-entropy over ``batches`` (see the module docstring), as a
-    symmetric linear operator on R^n; vectors are flat tensors in the parameters' dtype and device.
+    """H = d^2 L / d theta^2 of the mean task loss (CE, or squared error for regression) over ``batches``
+    (see the module docstring), as a symmetric linear operator on R^n; vectors are flat tensors in the
+    parameters' dtype and device.
 
     ``n_hvp`` counts Hessian-vector products (one probe vector times one pass over every batch),
     ``n_passes`` the data passes (a pass serves up to ``probe_batch`` probes)."""
@@ -183,6 +184,7 @@ class HessianOperator:
         state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         self.rest = {n: t.detach() for n, t in state.items() if n not in self.params}
         self.n_examples = sum(len(b) for b in batches)
+        self.problem = problem_of(batches[0].y)  # float targets: a regression task's squared error
         self.n_hvp = self.n_passes = 0
         self.on_pass: Callable[[], None] | None = None  # progress callback, once per data pass
 
@@ -203,8 +205,9 @@ class HessianOperator:
         return logits_with(self.model, {**self.rest, **params}, batch.inputs)
 
     def batch_loss(self, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        """This batch's share of L: sum_i CE_i / N (so the batch losses add up to the mean over S)."""
-        return F.cross_entropy(self._logits(params, batch), batch.y, reduction="sum") / self.n_examples
+        """This batch's share of L: sum_i l_i / N (so the batch losses add up to the mean over S); l is the
+        task's loss (``runtime.task_loss``: CE, or the squared error of a regression task)."""
+        return task_loss(self._logits(params, batch), batch.y, self.problem, "sum") / self.n_examples
 
     @torch.no_grad()
     def loss(self) -> float:

@@ -4,8 +4,9 @@ data subsample and parameter set that genbound's operator uses.
 PyHessian takes the Hessian over every parameter with requires_grad, calls ``model(inputs)`` with one
 tensor and weights each batch by ``inputs.size(0)``; so requires_grad is switched on for exactly the chosen
 set (and restored afterwards), and the model is wrapped so that its input is the tensor of subsample row
-numbers of a batch. Its criterion is the batch-mean cross-entropy and it averages batches by size: the same
-mean loss L. Its eigenvalues() is power iteration with deflation (largest magnitude first), stopped when two
+numbers of a batch. Its criterion is the batch mean of the task loss (CE or squared error), averaged
+over batches by size: the same mean loss L. Its eigenvalues() is power iteration with deflation (largest
+magnitude first), stopped when two
 successive estimates differ by < tol relatively; its trace() is Hutchinson with Rademacher probes, stopped
 when the running mean changes by < tol relatively. Its density() calls the removed torch.eig: never called.
 """
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import GenboundError
-from ..runtime import logits
+from ..runtime import logits, task_loss
 from .operator import Batch, HessianOperator, math_attention
 
 
@@ -46,6 +47,17 @@ class RowsModel(nn.Module):
     def loader(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(rows, labels) per batch, as PyHessian's dataloader."""
         return [(torch.arange(lo, lo + len(b)), b.y) for lo, b in self.starts.items()]
+
+
+class TaskLoss(nn.Module):
+    """PyHessian's criterion: the batch mean of the task's loss (``runtime.task_loss``), CE or squared error."""
+
+    def __init__(self, problem: str):
+        super().__init__()
+        self.problem = problem
+
+    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return task_loss(out, y, self.problem)
 
 
 @contextlib.contextmanager
@@ -98,10 +110,10 @@ class PyHessianRun:
         with only_requires_grad(op.model, op.names), math_attention(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             if len(loader) == 1:
-                hess = ph.hessian(wrapper, nn.CrossEntropyLoss(), data=loader[0], cuda=cuda)
+                hess = ph.hessian(wrapper, TaskLoss(op.problem), data=loader[0], cuda=cuda)
                 ph.hessian_vector_product = _counting(original, self.n_hvp)
             else:
-                hess = ph.hessian(wrapper, nn.CrossEntropyLoss(), dataloader=loader, cuda=cuda)
+                hess = ph.hessian(wrapper, TaskLoss(op.problem), dataloader=loader, cuda=cuda)
                 hess.dataloader_hv_product = _counting(hess.dataloader_hv_product, self.n_hvp)
             names = [n for n, p in op.model.named_parameters() if p.requires_grad]
             if names != op.names:
