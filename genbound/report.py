@@ -133,8 +133,9 @@ def render_report(result: dict, title: str) -> str:
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"# {title}", "", f"{len(rows)} checkpoints of {model} on {rows[0]['data']} "
              f"({len({_group(r) for r in rows})} method/rank groups, {len(seeds)} seed{'s' * (len(seeds) != 1)}).", ""]
+    metric_keys = _metric_keys(rows)  # F1 (MRPC, QQP), Matthews (CoLA), ... beside the accuracy
     stats = {k: per_method(rows, k) for k in ("test_acc", "test_err", "majority_err", "gap_01", "gap_ce",
-                                               "paper_bound", "compression_bound", "params_paper")}
+                                               "paper_bound", "compression_bound", "params_paper", *metric_keys)}
     keys = sorted(stats["test_acc"], key=lambda k: (plots.method_sort_key(k[0]), str(k[1])))
     by_group: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -143,15 +144,15 @@ def render_report(result: dict, title: str) -> str:
     # -- the test error and its bound
     majority_missing = sum(not _number(r.get("majority_err")) for r in rows)
     lines += ["## Test error and the bound on it, per method (mean +- std over seeds)", "",
-              "| method | r | seeds | test acc | test err | majority-class err | Occam bound on test err |",
-              "|---|---|---|---|---|---|---|"]
+              "| method | r | seeds | test acc |" + "".join(f" {k.replace('_', ' ')} |" for k in metric_keys)
+              + " test err | majority-class err | Occam bound on test err |", "|" + "---|" * (7 + len(metric_keys))]
     for key in keys:
         cell = {k: stats[k].get(key) for k in stats}
         flags = [vacuous_test_error_bound(r.get("compression_bound"), r.get("majority_err")) for r in by_group[key]]
         bound = _pm(cell["compression_bound"], 3, _fmt_bound)
         lines.append(f"| {key[0]} | {key[1]} | {cell['test_acc'][2]} | {_pm(cell['test_acc'])} | "
-                     f"{_pm(cell['test_err'])} | {_pm(cell['majority_err'])} | "
-                     f"{bound + (_mark(flags) if bound != '-' else '')} |")
+                     + "".join(f"{_pm(cell[k])} | " for k in metric_keys)
+                     + f"{_pm(cell['test_err'])} | {_pm(cell['majority_err'])} | {bound + (_mark(flags) if bound != '-' else '')} |")
     lines += ["", "test err = 1 - test acc. The Occam bound (`compute --compress`) bounds the test error of the "
               "quantized model with probability 1 - delta. A bound on the test error is marked vacuous when it is at "
               "least 1 or at least the majority-class error (the test error of always predicting the most frequent "
