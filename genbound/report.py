@@ -152,7 +152,8 @@ def render_report(result: dict, title: str) -> str:
         bound = _pm(cell["compression_bound"], 3, _fmt_bound)
         lines.append(f"| {key[0]} | {key[1]} | {cell['test_acc'][2]} | {_pm(cell['test_acc'])} | "
                      + "".join(f"{_pm(cell[k])} | " for k in metric_keys)
-                     + f"{_pm(cell['test_err'])} | {_pm(cell['majority_err'])} | {bound + (_mark(flags) if bound != '-' else '')} |")
+                     + f"{_pm(cell['test_err'])} | {_pm(cell['majority_err'])} | "
+                     f"{bound + (_mark(flags) if bound != '-' else '')} |")
     lines += ["", "test err = 1 - test acc. The Occam bound (`compute --compress`) bounds the test error of the "
               "quantized model with probability 1 - delta. A bound on the test error is marked vacuous when it is at "
               "least 1 or at least the majority-class error (the test error of always predicting the most frequent "
