@@ -3,7 +3,10 @@
 # GPUs there; the runs not yet finished are dealt over the shards, seed 0 of every method first, so a call cut
 # short by LIMIT still leaves whole seeds. Then the report over every run whose analyses all finished, and one
 # archive under $OUT. SHARDS = the number of runs left gives each its own process.
-# Carry: .carry (minilm16 + wordnet/*.gz or *.xz) and .whl (the constriction wheel for Python 3.12).
+# Carry: .carry (minilm16 + wordnet/*.gz or *.xz) and .whl (constriction and gguf wheels for Python 3.12); for
+# vit-fashion .carry/fashion-mnist (the four idx .gz files); for smollm2-wordnet SmolLM2's GGUF as
+# .carry/smollm2/gguf.part0, part1 (split -b 49M; one part per warm call, the run in the last) and
+# .carry/smollm2-sha256 (sha256sum of the whole file), joined and checked here.
 # Usage there: SHARDS=12 LIMIT=470 bash analysis/gpu-study.sh NAME   (NAME: minilm-wordnet, minilm-wordnet-pairs)
 # The kept results of earlier calls (reports/NAME/runs: manifests, metrics, analysis JSONs) count as finished; the
 # trained runs whose analyses did not all finish come back whole (weights included, when under 10 MiB) in
@@ -21,6 +24,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if ls .carry/smollm2/gguf.part* >/dev/null 2>&1; then  # SmolLM2's GGUF, carried in parts over warm calls
+  mkdir -p /tmp/smollm2 && cat .carry/smollm2/gguf.part* > /tmp/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  (cd /tmp/smollm2 && sha256sum -c --quiet "$OLDPWD/.carry/smollm2-sha256") || {
+    echo "the carried SmolLM2 parts do not join to the recorded sha256"; exit 1; }
+  export GENBOUND_SMOLLM2_DIR=/tmp/smollm2
+fi
+[ -d .carry/fashion-mnist ] && export GENBOUND_FASHION_MNIST_DIR=$PWD/.carry/fashion-mnist
 mkdir -p "runs/$NAME"  # finished runs (results, no weights) are skipped by the study
 for d in reports/"$NAME"/runs/*/ .carry/partial/"$NAME"/*/; do [ -d "$d" ] && { [ -d "runs/$NAME/$(basename "$d")" ] || cp -r "$d" "runs/$NAME/"; }; done
 GPUS=$(nvidia-smi -L | wc -l)
@@ -49,5 +59,8 @@ for d in "runs/$NAME"/*/; do
   [ -f "$d/adapter.safetensors" ] && [ "$(du -sm --exclude=resume "$d" | cut -f1)" -lt 10 ] && \
     { cp -r "$d" "partial/$NAME/" && rm -rf "partial/$NAME/$n/resume"; }
 done
+if [ -d "runs/$NAME/base" ]; then  # a self-pretrained base (its weights, without the optimizer state)
+  cp -r "runs/$NAME/base" "partial/$NAME/" && rm -rf "partial/$NAME/base/pretrain-run/resume"
+fi
 tar czf "$OUT/$NAME-partial.tgz" partial
 ls -la "$OUT"

@@ -9,6 +9,7 @@ of a checkpoint is stored as DIR/analysis/<name>.json.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -264,6 +265,21 @@ def check_drift(study: Study, runs: list[dict], source: str = "the study file") 
                             "set runs = \"a new folder\") to make them with the new settings; nothing was changed")
 
 
+@contextlib.contextmanager
+def _exclusive(folder: Path):
+    """Hold an exclusive lock on FOLDER.lock (next to the folder) while the block runs: processes working on one
+    study (--shard) make a shared thing, like the pretrained base, once."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_study(study: Study, device: str = "auto", progress: bool = True, log=print,
               shard: tuple[int, int] | None = None, source: str = "the study file") -> list[Path]:
     """Pretrain (if asked), train every run not yet finished (resuming interrupted ones), run the analyses, one
@@ -275,8 +291,10 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
     runs_dir = Path(study.runs)
     check_drift(study, grid(study), source)
     if study.pretrain is not None and not (Path(study.model) / "genbound-base.json").is_file():
-        log(f"pretraining the base into {study.model}")
-        pretrain(TrainConfig(**{**study.pretrain, "device": device}), study.model, progress=progress)
+        with _exclusive(Path(study.model)):  # shards started together pretrain once; the others wait for it
+            if not (Path(study.model) / "genbound-base.json").is_file():
+                log(f"pretraining the base into {study.model}")
+                pretrain(TrainConfig(**{**study.pretrain, "device": device}), study.model, progress=progress)
     done = []
     runs = grid(study) if shard is None else shard_of(grid(study), shard, lambda r: finished(study, r))
     for run in runs:

@@ -273,3 +273,24 @@ def test_shards_split_the_grid_seed_first_and_cover_it_once(tmp_path):
     with pytest.raises(GenboundError, match="shard"):
         shard_of(runs, (3, 3))
     assert main(["study", str(tmp_path / "tiny.toml"), "--shard", "x"]) == 2
+
+
+def test_shards_started_together_pretrain_the_base_once(tmp_path):
+    """Two processes on one study with [pretrain] (as gpu-study.sh or a job array starts them): one pretrains, the
+    other waits for the base and uses it; both runs are fine-tuned from that one base."""
+    import subprocess
+    import sys
+
+    (tmp_path / "s.toml").write_text(
+        'name = "two"\nmodel = "runs/base"\ndata = "digits"\nmethods = ["lora"]\nseeds = [0, 1]\nranks = [2]\n'
+        '[pretrain]\nmodel = "mlp"\ndata = "digits@0-4"\nhidden = [16]\nsteps = 40\nbatch_size = 32\n'
+        '[train]\nsteps = 3\nbatch_size = 32\n')
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "genbound", "study", "s.toml", "--shard", f"{i}/2",
+                               "--device", "cpu"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert sum("pretraining the base" in log for log in logs) == 1, logs
+    shas = {json.loads(p.read_text())["base"]["sha256"] for p in (tmp_path / "runs/two").glob("*/genbound.json")}
+    assert len(shas) == 1 and len(list((tmp_path / "runs/two").glob("*/genbound.json"))) == 2
