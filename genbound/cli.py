@@ -77,7 +77,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     meta = pretrain(options_from(args, TrainConfig), args.out, progress=not args.quiet)
     m = meta["metrics"]
-    print(f"pretrained MLP {meta['sizes']} -> {args.out}: train acc {m['train_acc']:.4f}, test acc {m['test_acc']:.4f}")
+    what = f"MLP {meta['sizes']}" if meta["kind"] == "mlp" else f"ViT ({meta['model']})"
+    print(f"pretrained {what} -> {args.out}: train acc {m['train_acc']:.4f}, test acc {m['test_acc']:.4f}")
     write_json(args.json, meta)
 
 
@@ -299,7 +300,7 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], str, list]
 COMMANDS: dict[str, Command] = {
     "train": ("fine-tune a model with one method into a checkpoint directory", _train_arguments, "cmd_train",
               [("out", "--out", "folder")]),
-    "pretrain": ("self-pretrain an MLP base (full training) into DIR", _pretrain_arguments, "cmd_pretrain",
+    "pretrain": ("self-pretrain an MLP or ViT base (full training) into DIR", _pretrain_arguments, "cmd_pretrain",
                  [("out", "--out", "folder")]),
     "info": ("print a checkpoint's manifest summary and verify its weight files",
              lambda p: p.add_argument("--ckpt", metavar="DIR", required=True, help="checkpoint directory"),

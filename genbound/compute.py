@@ -16,7 +16,7 @@ from .build import Built, parameter_counts
 from .checkpoint import Loaded
 from .errors import CheckpointError, GenboundError
 from .options import opt
-from .layers import AdapterLinear
+from .layers import AdapterLinear, weight_matrix
 from .update import spectral_norm
 from .runtime import losses, predict
 
@@ -114,12 +114,13 @@ def matrix_norms(loaded: Loaded, init: Built) -> list[dict]:
             w0 = _augment(mod.weight, mod.bias if use_b else None, last)
             norm_dw = float(mod.update().singular_values()[0]) if mod.r else 0.0
         else:
-            w0 = _augment(start.weight, start.bias if use_b else None, last)
-            dw = _augment(mod.weight - start.weight.to(mod.weight.device),
+            w, w_start = weight_matrix(mod), weight_matrix(start)  # n x m (a Conv1D stores W^T)
+            w0 = _augment(w_start, start.bias if use_b else None, last)
+            dw = _augment(w - w_start.to(w.device),
                           (mod.bias - start.bias.to(mod.bias.device)) if use_b and mod.bias is not None else None,
                           True)
             norm_dw = spectral_norm(dw)
-        out.append({"name": name, "n": mod.weight.shape[0], "m": mod.weight.shape[1],
+        out.append({"name": name, "n": weight_matrix(mod).shape[0], "m": weight_matrix(mod).shape[1],
                     "norm_w0": spectral_norm(w0), "norm_dw": norm_dw})
     return out
 
