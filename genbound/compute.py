@@ -129,7 +129,8 @@ def matrix_norms(loaded: Loaded, init: Built) -> list[dict]:
 def token_norm_probe(model: nn.Module):
     """While active, records the largest token norm of a transformer's embedding output (C of Theorem 1)
     seen in any forward pass; yields a one-element list holding it."""
-    emb = getattr(model.base_model, "embeddings", None) or model.get_input_embeddings()
+    base = model.base_model  # BERT, ViT: an embeddings module; GPT-2: its dropout after token + position embeddings
+    emb = getattr(base, "embeddings", None) or getattr(base, "drop", None) or model.get_input_embeddings()
     best = [0.0]
     hook = emb.register_forward_hook(lambda m, i, o: best.__setitem__(0, max(best[0], float(o.norm(dim=-1).max()))))
     try:
@@ -156,10 +157,11 @@ def theorem1(loaded: Loaded, init: Built, C: float, c_source: str, opts: Compute
         lips = [opts.block_lipschitz] * L
         family = getattr(getattr(loaded.model, "config", None), "model_type", "transformer")
         norms = "RMSNorm" if family in ("llama", "mistral", "qwen2", "gemma") else "LayerNorm"
+        decoder = family in ("llama", "mistral", "qwen2", "gemma", "gpt2")
         assumptions = (f"UNDER ASSUMPTIONS ({family}): the network is treated as the composition of its {L} "
                        f"adapted/head matrices in order, each block between them {opts.block_lipschitz:g}-Lipschitz "
                        f"(--block-lipschitz) with c_l = 0, biases and {norms} parameters inside the blocks (attention, "
-                       f"residuals{', the causal mask and the last-token pooling' if norms == 'RMSNorm' else ''} "
+                       f"residuals{', the causal mask and the last-token pooling' if decoder else ''} "
                        f"assumed within that constant); L_loss = sqrt(2); C = {c_source}")
     zeros = [0.0] * (L - 1)
     log_dw = bounds.log10_phi(a, d, C, lips, zeros)

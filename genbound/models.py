@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .data import Split, Task
-from .errors import GenboundError
+from .errors import CheckpointError, GenboundError
 from .files import sha256_file
 from .images import VIT_SIZES, Pixels, is_image_classifier, pixels_for, random_vit
 from .layers import is_linear
@@ -228,7 +228,7 @@ def check_base_folder(folder: Path) -> dict:
     if not weights.is_file():
         raise BaseMissing(f"the base model folder {folder} has no model.safetensors (moved or deleted?)")
     if meta.get("sha256") and sha256_file(weights) != meta["sha256"]:
-        raise GenboundError(f"the base {folder}: model.safetensors does not have the sha256 its {BASE_MANIFEST} "
+        raise CheckpointError(f"the base {folder}: model.safetensors does not have the sha256 its {BASE_MANIFEST} "
                             f"records ({meta['sha256'][:12]}...): its weights were changed; refusing to use it")
     return meta
 
@@ -319,6 +319,8 @@ def _hf_backbone(ref: dict, task: Task, seed: int) -> Backbone:
         head = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
     tok = AutoTokenizer.from_pretrained(source, local_files_only=offline, **extra)
     _pad_token(tok, model, name)
+    if not hasattr(model.config, "type_vocab_size"):  # e.g. GPT-2 with MiniLM's tokenizer: no segment embeddings
+        tok.model_input_names = [k for k in tok.model_input_names if k != "token_type_ids"]
     sha = state_sha256(model, head)
     if any(t.is_floating_point() and t.dtype != torch.float32 for t in model.state_dict().values()):
         model.float()  # (a GGUF model, dequantized by transformers, is float32 already and refuses .float())

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from genbound import checkpoint
 from genbound.build import build
 from genbound.cli import main
-from genbound.data import load_task
+from genbound.data import Split, load_task
 from genbound.files import sha256_file
 from genbound.layers import adapter_layers, use_fused
 from genbound.models import resolve_ref
@@ -112,6 +112,22 @@ def test_a_conv1d_layer_adapts_the_transposed_weight_and_merges_to_a_plain_gpt2(
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
+def test_gpt2_classifies_from_its_last_token_whatever_the_padding(text_task):
+    """Oracle: each text alone (no padding) gives the logits it gets inside a padded batch; MiniLM's tokenizer
+    gives GPT-2 no token_type_ids (it has no segment embeddings, and would read them as tokens)."""
+    built = build(resolve_ref("tiny-gpt2"), text_task, "lora", 2, 4.0, 1, 0)
+    _randomize(built.model)
+    texts = Split(list(text_task.test.x[:5]), text_task.test.y[:5])
+    texts.x[0] = texts.x[0] + " with many more words than the others"
+    batch = built.backbone.encode(texts)
+    assert (batch["attention_mask"] == 0).any() and "token_type_ids" not in batch
+    with torch.no_grad():
+        together = logits(built.model.eval(), batch)
+        for i in range(5):
+            alone = logits(built.model, built.backbone.encode(Split([texts.x[i]], texts.y[i:i + 1])))
+            torch.testing.assert_close(together[i], alone[0], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["lora", "cla", "c3la"])
 def test_the_fused_path_on_conv1d_equals_the_reference_path(text_task, method):
     """Outputs and every trainable gradient of one batch, fused against the reference path."""
@@ -176,6 +192,16 @@ def test_every_command_runs_on_the_model(runs, tmp_path, model):
     family = {"tiny-gpt2": "gpt2", "tiny-vit": "vit"}[model]
     result = json.loads(out.read_text())
     assert f"UNDER ASSUMPTIONS ({family})" in result["theorem1_assumptions"] and result["matches_manifest"]
+    assert ("last-token pooling" in result["theorem1_assumptions"]) == (model == "tiny-gpt2")
+    loaded = checkpoint.load(lora)
+    with torch.no_grad():  # C: the largest token norm entering the first block, over the training inputs
+        inputs = loaded.built.backbone.encode(loaded.task.train)
+        if model == "tiny-gpt2":
+            ids = inputs["input_ids"]
+            tokens = loaded.model.transformer.wte(ids) + loaded.model.transformer.wpe(torch.arange(ids.shape[1]))
+        else:
+            tokens = loaded.model.vit.embeddings(inputs["pixel_values"])
+    assert result["C"] == pytest.approx(float(tokens.norm(dim=-1).max()), rel=1e-5)
     n, m = (96, 32) if model == "tiny-gpt2" else (32, 32)
     assert [(x["n"], x["m"]) for x in result["matrices"][:2]] == [(n, m), (n, m)]
     for method in ("lora", "cla", "c3la", "full"):
