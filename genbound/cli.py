@@ -84,9 +84,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     meta = pretrain(options_from(args, TrainConfig), args.out, progress=not args.quiet)
     m = meta["metrics"]
-    key, what = ("acc", "acc") if "train_acc" in m else ("loss", "MSE")
-    print(f"pretrained MLP {meta['sizes']} -> {args.out}: train {what} {m['train_' + key]:.4f}, "
-          f"test {what} {m['test_' + key]:.4f}")
+    key, words = ("acc", "acc") if "train_acc" in m else ("loss", "MSE")
+    what = f"MLP {meta['sizes']}" if meta["kind"] == "mlp" else f"ViT ({meta['model']})"
+    print(f"pretrained {what} -> {args.out}: train {words} {m['train_' + key]:.4f}, test {words} {m['test_' + key]:.4f}")
     write_json(args.json, meta)
 
 
@@ -310,7 +310,7 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], str, list]
 COMMANDS: dict[str, Command] = {
     "train": ("fine-tune a model with one method into a checkpoint directory", _train_arguments, "cmd_train",
               [("out", "--out", "folder")]),
-    "pretrain": ("self-pretrain an MLP base (full training) into DIR", _pretrain_arguments, "cmd_pretrain",
+    "pretrain": ("self-pretrain an MLP or ViT base (full training) into DIR", _pretrain_arguments, "cmd_pretrain",
                  [("out", "--out", "folder")]),
     "info": ("print a checkpoint's manifest summary and verify its weight files",
              lambda p: p.add_argument("--ckpt", metavar="DIR", required=True, help="checkpoint directory"),

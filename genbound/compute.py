@@ -16,7 +16,7 @@ from .build import Built, parameter_counts
 from .checkpoint import Loaded, problem_of
 from .errors import CheckpointError, GenboundError
 from .options import opt
-from .layers import AdapterLinear
+from .layers import AdapterLinear, weight_matrix
 from .update import spectral_norm
 from .metrics import task_metrics
 from .runtime import losses, predict, regression_losses
@@ -149,12 +149,13 @@ def matrix_norms(loaded: Loaded, init: Built) -> list[dict]:
             w0 = _augment(mod.weight, mod.bias if use_b else None, last)
             norm_dw = float(mod.update().singular_values()[0]) if mod.r else 0.0
         else:
-            w0 = _augment(start.weight, start.bias if use_b else None, last)
-            dw = _augment(mod.weight - start.weight.to(mod.weight.device),
+            w, w_start = weight_matrix(mod), weight_matrix(start)  # n x m (a Conv1D stores W^T)
+            w0 = _augment(w_start, start.bias if use_b else None, last)
+            dw = _augment(w - w_start.to(w.device),
                           (mod.bias - start.bias.to(mod.bias.device)) if use_b and mod.bias is not None else None,
                           True)
             norm_dw = spectral_norm(dw)
-        out.append({"name": name, "n": mod.weight.shape[0], "m": mod.weight.shape[1],
+        out.append({"name": name, "n": weight_matrix(mod).shape[0], "m": weight_matrix(mod).shape[1],
                     "norm_w0": spectral_norm(w0), "norm_dw": norm_dw})
     return out
 
@@ -163,7 +164,8 @@ def matrix_norms(loaded: Loaded, init: Built) -> list[dict]:
 def token_norm_probe(model: nn.Module):
     """While active, records the largest token norm of a transformer's embedding output (C of Theorem 1)
     seen in any forward pass; yields a one-element list holding it."""
-    emb = getattr(model.base_model, "embeddings", None) or model.get_input_embeddings()
+    base = model.base_model  # BERT, ViT: an embeddings module; GPT-2: its dropout after token + position embeddings
+    emb = getattr(base, "embeddings", None) or getattr(base, "drop", None) or model.get_input_embeddings()
     best = [0.0]
     hook = emb.register_forward_hook(lambda m, i, o: best.__setitem__(0, max(best[0], float(o.norm(dim=-1).max()))))
     try:
@@ -192,10 +194,11 @@ def theorem1(loaded: Loaded, init: Built, C: float, c_source: str, opts: Compute
         lips = [opts.block_lipschitz] * L
         family = getattr(getattr(loaded.model, "config", None), "model_type", "transformer")
         norms = "RMSNorm" if family in ("llama", "mistral", "qwen2", "gemma") else "LayerNorm"
+        decoder = family in ("llama", "mistral", "qwen2", "gemma", "gpt2")
         assumptions = (f"UNDER ASSUMPTIONS ({family}): the network is treated as the composition of its {L} "
                        f"adapted/head matrices in order, each block between them {opts.block_lipschitz:g}-Lipschitz "
                        f"(--block-lipschitz) with c_l = 0, biases and {norms} parameters inside the blocks (attention, "
-                       f"residuals{', the causal mask and the last-token pooling' if norms == 'RMSNorm' else ''} "
+                       f"residuals{', the causal mask and the last-token pooling' if decoder else ''} "
                        f"assumed within that constant); {loss_words}; C = {c_source}")
     zeros = [0.0] * (L - 1)
     log_dw = bounds.log10_phi(a, d, C, lips, zeros, l_loss)

@@ -20,8 +20,8 @@ from .options import opt
 class TrainConfig:
     """Everything a run depends on; stored in the manifest and enough to resume or rebuild it."""
 
-    model: str = opt("mlp", 'mlp | minilm | smollm2 | tiny-bert | tiny-llama | DIR from `genbound pretrain` | '
-                            'HF model name or folder')
+    model: str = opt("mlp", 'mlp | minilm | smollm2 | vit | tiny-bert | tiny-llama | tiny-gpt2 | tiny-vit | '
+                            'DIR from `genbound pretrain` | HF model name or folder (text or image classifier)')
     data: str = opt("digits", 'wordnet | wordnet-pairs | fashion-mnist | mnist-5k | digits | FILE.csv | FILE.jsonl '
                               '(text,label or text_a,text_b,label) | glue/TASK (cola sst2 mrpc qqp stsb mnli qnli rte '
                               'wnli) | hf:NAME[:CONFIG] | FOLDER from save_to_disk')

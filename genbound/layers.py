@@ -1,6 +1,9 @@
 """AdapterLinear: a frozen pretrained Linear plus the update of one method, W = W0 + dW.
 
 The layer is a shell. W0 and b are the pretrained layer's own tensors (shared, never copied, never trained);
+a transformers ``Conv1D`` (GPT-2's fused qkv ``c_attn``, ...), which stores its weight as in x out and computes
+x W + b, is adapted as the Linear it is: W0 = its weight transposed (a view of the same storage), so every
+layout's n x m update and merge hold unchanged (PEFT's ``fan_in_fan_out``; the layer records it);
 everything else (the method's tensors, the reference forward, the fused fast path, the update, chain links)
 belongs to the method's layout (genbound/methods/base.py), which the layer asks. With ``fused`` on (training
 does this, see use_fused), forward takes the layout's fused path where it has one: one product with the
@@ -21,19 +24,39 @@ from .methods import Method
 from .update import Update
 
 
+def is_conv1d(mod: nn.Module) -> bool:
+    """A transformers Conv1D (GPT-2 family): weight in x out, y = x W + b."""
+    return type(mod).__name__ == "Conv1D" and type(mod).__module__.startswith("transformers.")
+
+
+def is_linear(mod: nn.Module) -> bool:
+    """A matrix layer an adapter can replace: nn.Linear or a transformers Conv1D."""
+    return isinstance(mod, nn.Linear) or is_conv1d(mod)
+
+
+def weight_matrix(mod: nn.Module) -> torch.Tensor:
+    """The layer's weight as the n x m (out x in) matrix W of y = x W^T + b, whatever its storage (Conv1D's is
+    in x out)."""
+    return mod.weight.t() if is_conv1d(mod) else mod.weight
+
+
 class AdapterLinear(nn.Module):
     """A frozen nn.Linear with the update of one method; its layout (``method.layout``) owns the tensors and the
     math (see the module docstring). ``name`` and ``seed`` seed the layout's draws; ``chain`` is k."""
 
-    def __init__(self, base: nn.Linear, method: Method, r: int, alpha: float, name: str, seed: int,
+    def __init__(self, base: nn.Module, method: Method, r: int, alpha: float, name: str, seed: int,
                  chain: int = 1, shared: dict | None = None):
         super().__init__()
-        n, m = base.weight.shape
+        self.fan_in_fan_out = is_conv1d(base)  # PEFT's name for a weight stored in x out
+        # a Conv1D's W0 is its weight transposed: the same storage, seen as the n x m matrix every layout uses
+        weight = nn.Parameter(base.weight.detach().t(), requires_grad=base.weight.requires_grad) \
+            if self.fan_in_fan_out else base.weight
+        n, m = weight.shape
         self.method, self.layout, self.r, self.alpha = method, method.layout, r, alpha
         self.name, self.seed, self.chain = name, seed, chain
         self.in_features, self.out_features = m, n
         self.scale = 1.0 if self.layout.unit_scale else alpha / r
-        self.weight = base.weight
+        self.weight = weight
         self.bias = base.bias
         self.fused = False
         self.layout.setup(self, shared or {})
@@ -123,17 +146,17 @@ def use_fused(model: nn.Module, on: bool = True):
 
 
 def match_targets(model: nn.Module, patterns: list[str]) -> list[str]:
-    """Names of nn.Linear modules whose full name matches one of the regular expressions (re.search)."""
+    """Names of nn.Linear (or Conv1D) modules whose full name matches one of the regular expressions (re.search)."""
     rx = [re.compile(p) for p in patterns]
     return [n for n, mod in model.named_modules()
-            if isinstance(mod, nn.Linear) and any(r.search(n) for r in rx)]
+            if is_linear(mod) and any(r.search(n) for r in rx)]
 
 
 def attach(model: nn.Module, method: Method, targets: list[str], r: int, alpha: float, k: int,
            seed: int) -> dict[str, AdapterLinear]:
-    """Replace each target nn.Linear of ``model`` by an AdapterLinear (in place); check ranks first."""
+    """Replace each target nn.Linear (or Conv1D) of ``model`` by an AdapterLinear (in place); check ranks first."""
     mods = dict(model.named_modules())
-    shapes = {name: tuple(mods[name].weight.shape) for name in targets}
+    shapes = {name: tuple(weight_matrix(mods[name]).shape) for name in targets}
     for name, (n, m) in shapes.items():
         method.check(n, m, r, k, name)
     shared = method.layout.shared(shapes, r, seed)

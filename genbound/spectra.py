@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from . import result
-from .layers import AdapterLinear
+from .layers import AdapterLinear, weight_matrix
 from .models import layer_kind
 from .options import opt
 from .update import Update, batched_singular_values, spectrum_stats
@@ -45,8 +45,8 @@ def updates(model: torch.nn.Module, init: torch.nn.Module, names: list[str]) -> 
         if isinstance(mod, AdapterLinear):
             out.append(Matrix(name, mod.weight.detach(), mod.update()))
         else:
-            w0 = init.get_submodule(name).weight.detach().to(mod.weight.device)
-            out.append(Matrix(name, w0, Update.dense(mod.weight.detach() - w0)))
+            w0 = weight_matrix(init.get_submodule(name)).detach().to(mod.weight.device)  # n x m (Conv1D: W^T)
+            out.append(Matrix(name, w0, Update.dense(weight_matrix(mod).detach() - w0)))
     return out
 
 

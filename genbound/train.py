@@ -342,25 +342,37 @@ def _train_loop(run: _Run, cfg: TrainConfig, out: Path, ref: dict, progress: boo
 
 
 def pretrain(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
-    """Self-pretrain a base: full training of a random-init MLP, saved as a base folder that
-    ``--model DIR`` loads (model.safetensors + genbound-base.json). The run itself stays in
-    DIR/pretrain-run (a normal checkpoint, resumable)."""
+    """Self-pretrain a base: full training of a random-init MLP or ViT (``vit``, ``tiny-vit``), saved as a base
+    folder that ``--model DIR`` loads: model.safetensors + genbound-base.json (kind, the sha256 of the weights,
+    what it was trained on), and for a ViT an HF config.json, its head left out (each fine-tuning task gets a
+    fresh one). The run itself stays in DIR/pretrain-run (a normal checkpoint, resumable)."""
+    from .methods import is_head
+    from .images import VIT_SIZES
     from .models import BASE_MANIFEST
 
     out = Path(out)
     check_folder_writable(out, "--out")
     if (out / BASE_MANIFEST).exists():
         raise TrainingError(f"{out} already holds a pretrained base; choose another --out")
-    if cfg.model != "mlp":
-        raise TrainingError("genbound pretrain builds an MLP base: use --model mlp")
+    if cfg.model != "mlp" and cfg.model not in VIT_SIZES:
+        raise TrainingError(f"genbound pretrain builds an MLP or ViT base: use --model mlp, {' or '.join(VIT_SIZES)}")
     run_dir = out / "pretrain-run"
     cfg = dataclasses.replace(cfg, method="full", chain=1)
     if not (run_dir / checkpoint.MANIFEST).exists():
         train(cfg, run_dir, resume=(run_dir / "resume" / "state.pt").exists(), progress=progress)
     loaded = checkpoint.load(run_dir)
-    files.atomic_save_tensors(loaded.model.state_dict(), out / "model.safetensors")
-    meta = {"kind": "mlp", "sizes": loaded.model.sizes, "pretrained_on": loaded.manifest["task"],
-            "metrics": loaded.manifest["metrics"], "config": loaded.manifest["config"],
-            "note": "self-pretrained by genbound pretrain"}
+    model = loaded.model
+    if cfg.model == "mlp":
+        files.atomic_save_tensors(model.state_dict(), out / "model.safetensors")
+        meta = {"kind": "mlp", "sizes": model.sizes}
+    else:  # an HF folder without the head
+        head = loaded.built.backbone.head
+        files.atomic_save_tensors({k: v for k, v in model.state_dict().items() if not is_head(k, head)},
+                                  out / "model.safetensors", {"format": "pt"})
+        files.atomic_write_text(out / "config.json", model.config.to_json_string())
+        meta = {"kind": "vit", "model": cfg.model, "vit": VIT_SIZES[cfg.model]}
+    meta.update({"sha256": files.sha256_file(out / "model.safetensors"), "pretrained_on": loaded.manifest["task"],
+                 "metrics": loaded.manifest["metrics"], "config": loaded.manifest["config"],
+                 "note": "self-pretrained by genbound pretrain"})
     files.atomic_write_text(out / BASE_MANIFEST, json.dumps(meta, indent=1))
     return meta
