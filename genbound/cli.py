@@ -86,7 +86,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     m = meta["metrics"]
     key, words = ("acc", "acc") if "train_acc" in m else ("loss", "MSE")
     what = f"MLP {meta['sizes']}" if meta["kind"] == "mlp" else f"ViT ({meta['model']})"
-    print(f"pretrained {what} -> {args.out}: train {words} {m['train_' + key]:.4f}, test {words} {m['test_' + key]:.4f}")
+    print(f"pretrained {what} -> {args.out}: train {words} {m['train_' + key]:.4f}, "
+          f"test {words} {m['test_' + key]:.4f}")
     write_json(args.json, meta)
 
 

