@@ -59,8 +59,8 @@ for d in "runs/$NAME"/*/; do
   [ -f "$d/adapter.safetensors" ] && [ "$(du -sm --exclude=resume "$d" | cut -f1)" -lt 10 ] && \
     { cp -r "$d" "partial/$NAME/" && rm -rf "partial/$NAME/$n/resume"; }
 done
-if [ -d "runs/$NAME/base" ]; then  # a self-pretrained base (its weights, without the optimizer state)
-  cp -r "runs/$NAME/base" "partial/$NAME/" && rm -rf "partial/$NAME/base/pretrain-run/resume"
+if [ -f "runs/$NAME/base/genbound-base.json" ]; then  # a self-pretrained base: its weights and records only
+  mkdir -p "partial/$NAME/base" && cp runs/"$NAME"/base/*.json runs/"$NAME"/base/model.safetensors "partial/$NAME/base/"
 fi
 tar czf "$OUT/$NAME-partial.tgz" partial
 ls -la "$OUT"

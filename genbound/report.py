@@ -249,11 +249,10 @@ def render_report(result: dict, title: str) -> str:
 
 def _metric_keys(rows: list[dict]) -> list[str]:
     """The task-metric columns of the rows (test_f1, test_matthews, test_pearson, test_spearman), in order."""
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k.startswith("test_") and k not in ("test_acc", "test_loss", "test_mse")
-                 and k not in keys]
-    return keys
+    from .metrics import CLASSIFICATION, REGRESSION
+
+    known = [f"test_{m}" for m in (*CLASSIFICATION, *REGRESSION) if m != "accuracy"]
+    return [k for k in known if any(k in r for r in rows)]
 
 
 def render_regression_report(result: dict, title: str) -> str:

@@ -230,8 +230,10 @@ def drift(study: Study, runs: list[dict]) -> list[str]:
 
     found = []
     base = Path(study.model) / "genbound-base.json"
+    base_state = None
     if study.pretrain is not None and base.is_file():
         made = json.loads(base.read_text()).get("config", {})
+        base_state = json.loads(base.read_text()).get("state_sha256")
         asked = {**dataclasses.asdict(TrainConfig(**study.pretrain)), "method": "full", "chain": 1}
         changes = _config_drift(asked, made)
         if changes:
@@ -246,6 +248,8 @@ def drift(study: Study, runs: list[dict]) -> list[str]:
             continue
         changes = _config_drift(run["config"], recorded)
         manifest = checkpoint.read_manifest(out) if (out / checkpoint.MANIFEST).is_file() else {}
+        if base_state and manifest and manifest["base"].get("sha256") != base_state:
+            changes.append("trained from another base than the one now in " + study.model)
         for name in _analyses_of(study, run):
             path = out / "analysis" / f"{name}.json"
             if path.is_file():

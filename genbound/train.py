@@ -348,7 +348,7 @@ def pretrain(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     fresh one). The run itself stays in DIR/pretrain-run (a normal checkpoint, resumable)."""
     from .methods import is_head
     from .images import VIT_SIZES
-    from .models import BASE_MANIFEST
+    from .models import BASE_MANIFEST, state_sha256
 
     out = Path(out)
     check_folder_writable(out, "--out")
@@ -371,7 +371,9 @@ def pretrain(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
                                   out / "model.safetensors", {"format": "pt"})
         files.atomic_write_text(out / "config.json", model.config.to_json_string())
         meta = {"kind": "vit", "model": cfg.model, "vit": VIT_SIZES[cfg.model]}
-    meta.update({"sha256": files.sha256_file(out / "model.safetensors"), "pretrained_on": loaded.manifest["task"],
+    meta.update({"sha256": files.sha256_file(out / "model.safetensors"),
+                 "state_sha256": state_sha256(model, loaded.built.backbone.head),  # = a run's base.sha256
+                 "pretrained_on": loaded.manifest["task"],
                  "metrics": loaded.manifest["metrics"], "config": loaded.manifest["config"],
                  "note": "self-pretrained by genbound pretrain"})
     files.atomic_write_text(out / BASE_MANIFEST, json.dumps(meta, indent=1))

@@ -294,3 +294,30 @@ def test_shards_started_together_pretrain_the_base_once(tmp_path):
     assert sum("pretraining the base" in log for log in logs) == 1, logs
     shas = {json.loads(p.read_text())["base"]["sha256"] for p in (tmp_path / "runs/two").glob("*/genbound.json")}
     assert len(shas) == 1 and len(list((tmp_path / "runs/two").glob("*/genbound.json"))) == 2
+
+
+def test_runs_from_another_base_are_drift(tmp_path, monkeypatch):
+    """A study's base pretrained again (other weights) under finished runs: the runs are refused as
+    made from another base instead of being mixed with runs from the new one."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text(
+        'name = "b"\nmodel = "runs/base"\ndata = "digits"\nmethods = ["lora"]\nseeds = [0]\nranks = [2]\n'
+        '[pretrain]\nmodel = "mlp"\ndata = "digits@0-4"\nhidden = [16]\nsteps = 20\nbatch_size = 32\n'
+        '[train]\nsteps = 2\nbatch_size = 32\n')
+    study = load_study(tmp_path / "s.toml")
+    run_study(study, device="cpu", progress=False, log=lambda *a: None)
+    from genbound.study import drift
+
+    assert drift(study, grid(study)) == []
+    meta = json.loads((tmp_path / "runs/base/genbound-base.json").read_text())
+    run = json.loads((tmp_path / "runs/b/lora-r2-s0/genbound.json").read_text())
+    assert meta["state_sha256"] == run["base"]["sha256"]  # what a run records of its base, recorded by pretrain
+    shutil.rmtree(tmp_path / "runs/base")
+    from genbound.config import TrainConfig
+    from genbound.train import pretrain
+
+    pretrain(TrainConfig(**{**study.pretrain, "seed": 1}), "runs/base", progress=False)  # other weights
+    found = drift(study, grid(study))
+    assert any(d.startswith("lora-r2-s0 (") and "another base" in d for d in found), found
