@@ -32,15 +32,23 @@ class Built:
         return adapter_layers(self.model)
 
 
+ALL_LINEAR = "all-linear"
+
+
 def build(ref: dict, task: Task, method: str, rank: int, alpha: float, chain: int, seed: int,
           targets: list[str] | None = None) -> Built:
-    """Backbone for the task with the method's adapters on ``targets`` (regexes; None = the defaults)."""
+    """Backbone for the task with the method's adapters on ``targets`` (regexes; None = the defaults;
+    ["all-linear"] = every Linear or Conv1D module outside the head)."""
     spec = get_method(method)
     if spec.scope != ADAPTER and chain != 1:
         raise MethodError(f"method {method} has no chain: use --chain 1")
     backbone = load_backbone(ref, task, seed)
     model = backbone.model
-    names = backbone.targets if targets is None else match_targets(model, targets)
+    if targets == [ALL_LINEAR]:  # every Linear (or Conv1D) outside the classification head
+        names = [n for n in match_targets(model, [""]) if not any(n == h or n.startswith(h + ".")
+                                                                    for h in backbone.head)]
+    else:
+        names = backbone.targets if targets is None else match_targets(model, targets)
     if spec.scope == ADAPTER:
         if not names:
             raise MethodError(f"--targets {targets} match no nn.Linear module of the model")

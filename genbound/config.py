@@ -45,7 +45,8 @@ class TrainConfig:
     save_every: int = opt(0, 'steps between resume states (0 = at each evaluation)')
     seed: int = opt(0, 'run seed: head init, random A, random selectors, data order, splits')
     targets: list[str] | None = opt(
-        None, 'regexes over module names to adapt (default: query/value of each layer; every hidden Linear of an MLP)')
+        None, 'regexes over module names to adapt (default: query/value of each layer; every hidden Linear of an MLP); '
+        'all-linear: every Linear/Conv1D outside the head')
     n_train: int | None = opt(None, "training examples (default: the task's)")
     n_test: int | None = opt(None, "test examples (default: the task's)")
     max_length: int = opt(128, 'token limit for text')

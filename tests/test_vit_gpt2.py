@@ -408,3 +408,19 @@ def test_pretrain_refuses_a_model_it_cannot_build(tmp_path, capsys):
     assert main(["pretrain", "--model", "tiny-gpt2", "--data", "digits", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "builds an MLP or ViT base" in err
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
+def test_all_linear_targets_every_linear_outside_the_head(model, text_task):
+    """--targets all-linear adapts every nn.Linear / Conv1D of a decoder except the classification head."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    from genbound.build import build
+    from genbound.models import resolve_ref
+
+    built = build(resolve_ref(model), text_task, "lora", 2, 4.0, 1, 0, ["all-linear"])
+    plain = build(resolve_ref(model), text_task, "head", 2, 4.0, 1, 0)
+    expected = sorted(n for n, m in plain.model.named_modules()
+                      if isinstance(m, (nn.Linear, Conv1D)) and n not in plain.backbone.head)
+    assert sorted(built.targets) == expected and len(expected) > 2
