@@ -3,8 +3,10 @@
 
 - Q: a diagonal Gaussian over the numbers training changed (``occam.trained_deltas``: adapters over every
   link, the head; every weight for full fine-tuning); frozen numbers stay deterministic and cost nothing.
-  Its mean starts at the checkpoint (``--start prior``: at the prior's mean), its sigma (one per number, or one
-  per tensor with ``--variance tensor``) at the prior's scale, parameterised as log sigma.
+  Its mean starts at the checkpoint with the init prior and at the prior's mean with the data prior (``--start``
+  chooses otherwise): a fine-tuned checkpoint lies far from a prior trained on half of its data (KL / n above 1
+  on the MLP track), while the prior's mean is already a good predictor at KL 0; its sigma (one per number, or
+  one per tensor with ``--variance tensor``) starts at the prior's scale, parameterised as log sigma.
 - P: N(mu_P, sigma_P^2 I). ``--prior init``: mu_P = the values before training (B = 0, the seeded A and head,
   W0), known before any example is seen; the certificate uses all N training examples. ``--prior data``: mu_P
   is trained with Adam on the cross-entropy (deterministic weights, from the values before training) on a
@@ -34,7 +36,8 @@ from .options import opt
 from .runtime import batch_of, generator, logits_with, task_loss
 
 SCHEMA = "genbound.certify/1"
-KINDS, PRIORS, STARTS, VARIANCES = ("pac-bayes",), ("init", "data"), ("checkpoint", "prior"), ("number", "tensor")
+KINDS, PRIORS, VARIANCES = ("pac-bayes",), ("init", "data"), ("number", "tensor")
+STARTS = ("auto", "checkpoint", "prior")
 
 
 @dataclass
@@ -44,12 +47,14 @@ class CertifyOptions:
                              'training split; the certificate uses the rest)')
     prior_fraction: float = opt(0.5, 'with --prior data: the share of the training split the prior is trained on')
     prior_epochs: int = opt(5, 'with --prior data: epochs of Adam on the cross-entropy for the prior mean')
-    prior_lr: float = opt(1e-3, 'with --prior data: learning rate of the prior mean')
+    prior_lr: float | None = opt(None, 'with --prior data: learning rate of the prior mean (default: the '
+                                       'checkpoint\'s training lr)')
     objective: str = opt("fquad", 'fquad | fclassic | kl: the PAC-Bayes objective the posterior is trained on')
     sigma_prior: list[float] = opt([0.003, 0.01, 0.03], 'prior scales sigma_P tried (a union bound pays for the '
                                                          'choice: delta / J each)')
     variance: str = opt("number", 'number | tensor: one posterior sigma per number or per tensor')
-    start: str = opt("checkpoint", 'checkpoint | prior: where the posterior mean starts')
+    start: str = opt("auto", 'checkpoint | prior | auto (the checkpoint with --prior init, the prior\'s mean with '
+                             '--prior data): where the posterior mean starts')
     epochs: int = opt(5, 'epochs of posterior training over the certificate\'s examples (0: certify as started)')
     lr: float = opt(1e-3, 'Adam learning rate of the posterior (means and log sigmas)')
     batch_size: int = opt(128, 'examples per posterior training step')
@@ -88,7 +93,7 @@ def check_options(o: CertifyOptions) -> None:
                              ("--eval-batch-size", o.eval_batch_size, 1)):
         if value < low:
             raise GenboundError(f"{flag} {value}: must be at least {low}")
-    for flag, value in (("--lr", o.lr), ("--prior-lr", o.prior_lr)):
+    for flag, value in (("--lr", o.lr), ("--prior-lr", 1.0 if o.prior_lr is None else o.prior_lr)):
         if not (math.isfinite(value) and value > 0):
             raise GenboundError(f"{flag} {value}: must be a positive number")
 
@@ -110,6 +115,11 @@ def index_digest(idx: torch.Tensor) -> str:
     return hashlib.sha256(",".join(map(str, sorted(idx.tolist()))).encode()).hexdigest()
 
 
+def device_generator(device: torch.device, seed: int, *keys) -> torch.Generator:
+    """A generator on ``device`` seeded like ``runtime.generator(seed, "pac-bayes", *keys)``."""
+    return torch.Generator(device=device).manual_seed(generator(seed, "pac-bayes", *keys).initial_seed())
+
+
 def _batches(idx: torch.Tensor, size: int, gen: torch.Generator | None = None):
     order = idx if gen is None else idx[torch.randperm(len(idx), generator=gen)]
     for lo in range(0, len(order), size):
@@ -121,7 +131,7 @@ def train_prior_mean(loaded: Loaded, start: dict[str, torch.Tensor], inputs: dic
     """The data-dependent prior's mean: Adam on the cross-entropy of the examples ``idx`` only (deterministic
     weights), from the values before training."""
     params = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
-    opt = torch.optim.Adam(params.values(), lr=o.prior_lr)
+    opt = torch.optim.Adam(params.values(), lr=o.prior_lr or loaded.manifest["config"]["lr"])
     gen = generator(o.seed, "pac-bayes", "prior order")
     for _ in range(o.prior_epochs):
         for b in _batches(idx, o.batch_size, gen):
@@ -163,7 +173,7 @@ def train_posterior(loaded: Loaded, post: Posterior, prior_mean: dict, sigma_p: 
     one reparameterised sample per batch; the last objective value (None without steps)."""
     opt = torch.optim.Adam(post.parameters(), lr=o.lr)
     order = generator(o.seed, "pac-bayes", "posterior order", tag)
-    noise = torch.Generator(device=y.device).manual_seed(int(generator(o.seed, "pac-bayes", "noise", tag).initial_seed()))
+    noise = device_generator(y.device, o.seed, "noise", tag)
     n, last = len(idx), None
     for _ in range(o.epochs):
         for b in _batches(idx, o.batch_size, order):
@@ -174,7 +184,7 @@ def train_posterior(loaded: Loaded, post: Posterior, prior_mean: dict, sigma_p: 
             opt.zero_grad()
             value.backward()
             opt.step()
-            last = float(value)
+            last = float(value.detach())
     if last is not None and not math.isfinite(last):
         raise GenboundError(f"the PAC-Bayes objective became {last} with sigma_P {sigma_p:g}: lower --lr")
     return last
@@ -231,18 +241,19 @@ def certify(loaded: Loaded, o: CertifyOptions, progress: bool = False) -> dict:
     else:
         prior_idx, cert_idx, prior_mean = all_idx[:0], all_idx, before
     n = len(cert_idx)
+    start = o.start if o.start != "auto" else "checkpoint" if o.prior == "init" else "prior"
     size = o.eval_batch_size
     errs = lambda t, s, i: wrong(loaded, t, inputs[s], ys[s], i, size) / len(i)  # noqa: E731
     delta_j, delta_prime_j = pacbayes.union_deltas(o.delta, o.delta_prime, len(o.sigma_prior))
     tried = []
     for j, sigma_p in enumerate(o.sigma_prior):
-        post = Posterior(final if o.start == "checkpoint" else prior_mean, sigma_p, o.variance == "number")
+        post = Posterior(final if start == "checkpoint" else prior_mean, sigma_p, o.variance == "number")
         kl_start = float(post.kl(prior_mean, sigma_p, torch.float64).detach())
         last = train_posterior(loaded, post, prior_mean, sigma_p, inputs["train"], ys["train"], cert_idx, delta_j, o,
                                j)
-        draws = torch.Generator(device=dev).manual_seed(int(generator(o.seed, "pac-bayes", "certify", j).initial_seed()))
+        draws = device_generator(dev, o.seed, "certify", j)
         est = stochastic_errors(loaded, post, inputs, ys, {"train": cert_idx, "test": test_idx}, o.samples, draws, size)
-        kl = float(post.kl(prior_mean, sigma_p, torch.float64))
+        kl = float(post.kl(prior_mean, sigma_p, torch.float64).detach())
         cert = pacbayes.certificate(est["train"], o.samples, kl, n, delta_j, delta_prime_j)
         mean = {k: v.detach() for k, v in post.mu.items()}
         sig = torch.cat([post.sigma(k).detach().double().reshape(-1) for k in post.mu])
@@ -259,7 +270,7 @@ def certify(loaded: Loaded, o: CertifyOptions, progress: bool = False) -> dict:
     meth = man["method"]
     out = {
         "schema": SCHEMA, "method": meth["name"], "rank": meth["rank"], "chain_k": meth["chain_k"],
-        "kind": o.kind, "prior": o.prior, "objective": o.objective, "variance": o.variance, "start": o.start,
+        "kind": o.kind, "prior": o.prior, "objective": o.objective, "variance": o.variance, "start": start,
         "n_train": n_train, "n": n, "n_prior": len(prior_idx), "n_test": n_test,
         "examples": {"rule": "all training examples" if o.prior == "init" else
                      "torch.randperm(N, generator=runtime.generator(seed, 'pac-bayes', 'prior split')): the first "
@@ -286,14 +297,15 @@ def render(r: dict) -> str:
             f"n={r['n']} of N={r['n_train']} training examples (the prior's mean was trained on the other "
             f"{r['n_prior']}, seed {r['examples']['seed']})")
     lines = [f"{r['method']}  r={r['rank']} k={r['chain_k']}   PAC-Bayes certificate ({r['objective']}, prior "
-             f"{r['prior']}, sigma per {r['variance']}) over {r['numbers']:,} trained numbers in {r['tensors']} tensors",
+             f"{r['prior']}, sigma per {r['variance']}, start {r['start']}) over {r['numbers']:,} trained numbers in "
+             f"{r['tensors']} tensors",
              f"  uses {used}; {r['samples']} sampled predictors; confidence {r['confidence']:.3f} "
              f"(delta {r['delta']:g} + delta' {r['delta_prime']:g}, each split over {r['priors_tried']} prior scales)",
              f"  {'sigma_P':>8}{'KL':>12}{'KL/n':>9}{'stoch train':>13}{'bound':>9}{'certificate':>13}"
              f"{'stoch test':>12}{'mean test':>11}"]
     for t in r["tried"]:
-        lines.append(f"  {t['sigma_prior']:>8g}{t['kl']:>12.1f}{t['kl_over_n']:>9.4f}{t['stochastic_train_err']:>13.4f}"
-                     f"{t['train_err_bound']:>9.4f}{t['certificate']:>13.4f}{t['stochastic_test_err']:>12.4f}"
+        lines.append(f"  {t['sigma_prior']:>8g}{t['kl']:>12.1f}{t['kl_over_n']:>9.4f}"
+                     f"{t['stochastic_train_err']:>13.4f}{t['train_err_bound']:>9.4f}{t['certificate']:>13.4f}{t['stochastic_test_err']:>12.4f}"
                      f"{t['mean_test_err']:>11.4f}")
     vacuous = r["certificate"] >= min(1.0, r["majority_err"])
     lines += [f"  certified test error of the stochastic predictor: {r['certificate']:.4f}"

@@ -143,6 +143,8 @@ def row_of(ckpt: Path) -> dict:
     if row["problem"] == "regression":
         row["mean_mse"] = comp.get("mean_mse")  # the trivial regressor's test MSE
     row.update(bounded_loss(comp))
+    # the test error the PAC-Bayes certificate bounds: that of the stochastic predictor, not of the checkpoint
+    row["stochastic_test_err"] = stored.get("certify", {}).get("stochastic_test_err")
     values: dict[str, float | None] = {}
     for name, (source, result_cls) in measures().items():
         if source in stored and name not in values:
