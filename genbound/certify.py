@@ -120,6 +120,12 @@ def device_generator(device: torch.device, seed: int, *keys) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(generator(seed, "pac-bayes", *keys).initial_seed())
 
 
+def in_model_dtype(loaded: Loaded, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors in the dtypes the model holds them in (Q and P live in float32; a bf16 model computes in bf16)."""
+    held = {**dict(loaded.model.named_parameters()), **dict(loaded.model.named_buffers())}
+    return {k: v.to(held[k].dtype) if k in held else v for k, v in tensors.items()}
+
+
 def _batches(idx: torch.Tensor, size: int, gen: torch.Generator | None = None):
     order = idx if gen is None else idx[torch.randperm(len(idx), generator=gen)]
     for lo in range(0, len(order), size):
@@ -136,7 +142,8 @@ def train_prior_mean(loaded: Loaded, start: dict[str, torch.Tensor], inputs: dic
     for _ in range(o.prior_epochs):
         for b in _batches(idx, o.batch_size, gen):
             b = b.to(y.device)
-            loss = task_loss(logits_with(loaded.model, params, batch_of(inputs, b)).float(), y[b])
+            loss = task_loss(logits_with(loaded.model, in_model_dtype(loaded, params), batch_of(inputs, b)).float(),
+                             y[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -178,7 +185,7 @@ def train_posterior(loaded: Loaded, post: Posterior, prior_mean: dict, sigma_p: 
     for _ in range(o.epochs):
         for b in _batches(idx, o.batch_size, order):
             b = b.to(y.device)
-            out = logits_with(loaded.model, post.sample(noise), batch_of(inputs, b))
+            out = logits_with(loaded.model, in_model_dtype(loaded, post.sample(noise)), batch_of(inputs, b))
             loss = pacbayes.bounded_ce(out, y[b], o.p_min).mean()
             value = pacbayes.objective(o.objective, loss, post.kl(prior_mean, sigma_p), n, delta_j)
             opt.zero_grad()
@@ -193,7 +200,7 @@ def train_posterior(loaded: Loaded, post: Posterior, prior_mean: dict, sigma_p: 
 @torch.no_grad()
 def wrong(loaded: Loaded, tensors: dict, inputs: dict, y: torch.Tensor, idx: torch.Tensor, size: int) -> int:
     """How many of the examples ``idx`` the model with ``tensors`` substituted gets wrong."""
-    count = 0
+    count, tensors = 0, in_model_dtype(loaded, tensors)
     for b in _batches(idx, size):
         b = b.to(y.device)
         count += int((logits_with(loaded.model, tensors, batch_of(inputs, b)).argmax(-1) != y[b]).sum())
