@@ -46,7 +46,7 @@ class CertifyOptions:
     prior: str = opt("init", 'init (the values before training) | data (a mean trained on a seeded part of the '
                              'training split; the certificate uses the rest)')
     prior_fraction: float = opt(0.5, 'with --prior data: the share of the training split the prior is trained on')
-    prior_epochs: int = opt(5, 'with --prior data: epochs of Adam on the cross-entropy for the prior mean')
+    prior_epochs: int = opt(20, 'with --prior data: epochs of Adam on the cross-entropy for the prior mean')
     prior_lr: float | None = opt(None, 'with --prior data: learning rate of the prior mean (default: the '
                                        'checkpoint\'s training lr)')
     objective: str = opt("fquad", 'fquad | fclassic | kl: the PAC-Bayes objective the posterior is trained on')
@@ -55,8 +55,8 @@ class CertifyOptions:
     variance: str = opt("number", 'number | tensor: one posterior sigma per number or per tensor')
     start: str = opt("auto", 'checkpoint | prior | auto (the checkpoint with --prior init, the prior\'s mean with '
                              '--prior data): where the posterior mean starts')
-    epochs: int = opt(5, 'epochs of posterior training over the certificate\'s examples (0: certify as started)')
-    lr: float = opt(1e-3, 'Adam learning rate of the posterior (means and log sigmas)')
+    epochs: int = opt(10, 'epochs of posterior training over the certificate\'s examples (0: certify as started)')
+    lr: float = opt(3e-3, 'Adam learning rate of the posterior (means and log sigmas)')
     batch_size: int = opt(128, 'examples per posterior training step')
     p_min: float = opt(1e-4, 'the bounded cross-entropy clamps probabilities below at p_min')
     samples: int = opt(100, 'm, predictors drawn from each posterior for its certificate')

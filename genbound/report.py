@@ -166,8 +166,8 @@ def render_report(result: dict, title: str) -> str:
               "training class): it then says no more than that trivial classifier does."]
     if certified:
         lines[-1] += (" The PAC-Bayes certificate (`certify`) bounds, with probability 1 - delta - delta', the test "
-                      "error of the stochastic predictor (a Gaussian posterior around the checkpoint), whose measured "
-                      "test error stands beside it; it is marked vacuous by the same rule.")
+                      "error of the stochastic predictor (a Gaussian posterior over the trained numbers), whose "
+                      "measured test error stands beside it; it is marked vacuous by the same rule.")
     if majority_missing:
         lines[-1] += (f" The majority-class error is missing from {majority_missing} of {len(rows)} checkpoints "
                       "(their compute ran before it was recorded): their bounds are judged by >= 1 only.")

@@ -176,3 +176,10 @@ def test_compare_ranks_the_certificate_and_the_report_draws_it(ckpt, tmp_path):
     text = (tmp_path / "report" / "README.md").read_text()
     assert "PAC-Bayes certificate" in text and (tmp_path / "report" / "certificate.png").is_file()
     assert "certificate.png" in text
+    # a certificate at or above the majority-class error is marked vacuous, below it not
+    for row, value in zip(res["rows"], (0.95, 0.5)):
+        row.update(pac_bayes_certificate=value, majority_err=0.9)
+    text = report.render_report(res, "t")
+    every = text[text.index("## Every checkpoint"):]
+    lines = [line for line in every.splitlines() if line.startswith("| s")]
+    assert "0.950 (vacuous)" in lines[0] and "0.500 |" in lines[1] and "vacuous" not in lines[1]
