@@ -50,6 +50,8 @@ register(Analysis("hessian", "genbound.hessian", "top eigenvalues, trace and spe
 register(Analysis("landscape", "genbound.landscape", "1-D and 2-D loss slices with random or trajectory-PCA "
                                                      "directions, batched"))
 register(Analysis("spectrum", "genbound.spectra", "singular values of the learned updates and intruder dimensions"))
+register(Analysis("certify", "genbound.certify", "PAC-Bayes certificate on the 0-1 error of a Gaussian posterior "
+                                                 "around the checkpoint"))
 
 
 def execute(loaded, name: str, options, progress: bool = False):

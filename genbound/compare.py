@@ -139,10 +139,13 @@ def row_of(ckpt: Path) -> dict:
     stored = {n: json.loads((ckpt / "analysis" / f"{n}.json").read_text())
               for n in ANALYSES if (ckpt / "analysis" / f"{n}.json").is_file()}
     comp = stored.get("compute", {})
-    row["majority_err"] = comp.get("majority_err")  # the trivial classifier's test error
+    # the trivial classifier's test error (certify records it too)
+    row["majority_err"] = comp.get("majority_err", stored.get("certify", {}).get("majority_err"))
     if row["problem"] == "regression":
         row["mean_mse"] = comp.get("mean_mse")  # the trivial regressor's test MSE
     row.update(bounded_loss(comp))
+    # the test error the PAC-Bayes certificate bounds: that of the stochastic predictor, not of the checkpoint
+    row["stochastic_test_err"] = stored.get("certify", {}).get("stochastic_test_err")
     values: dict[str, float | None] = {}
     for name, (source, result_cls) in measures().items():
         if source in stored and name not in values:

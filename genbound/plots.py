@@ -51,6 +51,8 @@ MEASURE_LABELS = {
     "log10_phi_dw": "log10 Phi_dW (Theorem 1's dW term)",
     "log10_theorem1": "log10 Theorem 1 bound on the CE gap",
     "compression_bound": "Occam bound on the test error (quantized)",
+    "pac_bayes_certificate": "PAC-Bayes certificate on the test error (stochastic)",
+    "pac_bayes_kl_over_n": "KL(Q||P) / n of the certified posterior",
     "hessian_top": "largest Hessian eigenvalue",
     "hessian_trace": "Hessian trace",
     "sharpness": "sharpness: loss increase within rho",
@@ -207,6 +209,38 @@ def measure_scatter_figure(result: dict, gap: str = "gap_01", show_tau: bool = T
 
 def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def certificate_figure(result: dict) -> Figure | None:
+    """The PAC-Bayes certificate (y) against the measured test error of the stochastic predictor it bounds (x),
+    one point per checkpoint in its method's colour (marker = rank when there are several); the line y = x (a
+    certificate never lies below it but by chance) and, dashed, the majority-class error (a certificate above it
+    is vacuous). Both axes start at 0 and share one scale. None when no checkpoint has a certificate."""
+    rows = [r for r in result["rows"]
+            if _number(r.get("pac_bayes_certificate")) and _number(r.get("stochastic_test_err"))]
+    if not rows:
+        return None
+    methods = sorted({r["method"] for r in rows}, key=method_sort_key)
+    ranks = _ranks_of(rows)
+    fig, ax = plt.subplots(figsize=(5.6, 5.0), layout="constrained")
+    for r in rows:
+        ax.scatter(r["stochastic_test_err"], r["pac_bayes_certificate"], s=30, color=method_colour(r["method"]),
+                   marker=_marker(r, ranks), edgecolors="black", linewidths=0.4, zorder=3)
+    majority = [r["majority_err"] for r in rows if _number(r.get("majority_err"))]
+    top = min(1.0, 1.08 * max([r["pac_bayes_certificate"] for r in rows] + [r["stochastic_test_err"] for r in rows]
+                              + majority))
+    ax.plot([0, top], [0, top], color="black", lw=0.8, label="y = x")
+    handles = _legend_handles(methods, ranks) + [Line2D([], [], color="black", lw=0.8, label="y = x")]
+    if majority:
+        level = min(majority)
+        ax.axhline(level, color="0.4", ls="--", lw=0.8)
+        handles.append(Line2D([], [], color="0.4", ls="--", lw=0.8, label="majority-class error"))
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="measured test error of the stochastic predictor",
+           ylabel="PAC-Bayes certificate on its test error", title="Certificate vs measured test error")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, fontsize=8, loc="lower right", frameon=False)  # below y = x: empty but by chance
+    return fig
 
 
 def _group_label(r: dict) -> str:

@@ -5,9 +5,9 @@ the folder, a caption under every figure. Figures come from plots.py.
 
 Bounds on the test error and bounds on the gap are kept apart, each next to the measured quantity it bounds,
 and every vacuous bound is marked " (vacuous)":
-- a bound on the test error (the compression / Occam bound) is vacuous when it is at least 1 or at least the
-  majority-class error (``majority_err``: the test error of always predicting the most frequent training
-  class), since then it says no more than the trivial classifier does;
+- a bound on the test error (the compression / Occam bound, the PAC-Bayes certificate) is vacuous when it is at
+  least 1 or at least the majority-class error (``majority_err``: the test error of always predicting the most
+  frequent training class), since then it says no more than the trivial classifier does;
 - a bound on the gap (the paper's MI bound) is vacuous when it is at least the largest gap the bounded loss
   allows: 1 for the 0-1 loss, the width of the loss's range for a bounded cross-entropy.
 A bound equal to the limit is marked too: it excludes nothing.
@@ -117,7 +117,8 @@ def _pm(c, digits: int = 4, fmt=None) -> str:
 
 
 # measures with a place of their own in the per-checkpoint table (beside what they bound, or not shown there)
-PLACED = {"paper_bound", "paper_bound_full", "log10_phi_dw", "log10_theorem1", "compression_bound"}
+PLACED = {"paper_bound", "paper_bound_full", "log10_phi_dw", "log10_theorem1", "compression_bound",
+          "pac_bayes_certificate"}
 SHORT = {"hessian_top": "H top", "hessian_trace": "H trace", "intruders": "intruders", "stable_rank": "stable rank"}
 
 
@@ -135,7 +136,9 @@ def render_report(result: dict, title: str) -> str:
              f"({len({_group(r) for r in rows})} method/rank groups, {len(seeds)} seed{'s' * (len(seeds) != 1)}).", ""]
     metric_keys = _metric_keys(rows)  # F1 (MRPC, QQP), Matthews (CoLA), ... beside the accuracy
     stats = {k: per_method(rows, k) for k in ("test_acc", "test_err", "majority_err", "gap_01", "gap_ce",
-                                               "paper_bound", "compression_bound", "params_paper", *metric_keys)}
+                                               "paper_bound", "compression_bound", "params_paper", *metric_keys,
+                                               "pac_bayes_certificate", "stochastic_test_err")}
+    certified = any(_number(r.get("pac_bayes_certificate")) for r in rows)  # the PAC-Bayes columns, when present
     keys = sorted(stats["test_acc"], key=lambda k: (plots.method_sort_key(k[0]), str(k[1])))
     by_group: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -145,7 +148,9 @@ def render_report(result: dict, title: str) -> str:
     majority_missing = sum(not _number(r.get("majority_err")) for r in rows)
     lines += ["## Test error and the bound on it, per method (mean +- std over seeds)", "",
               "| method | r | seeds | test acc |" + "".join(f" {k.replace('_', ' ')} |" for k in metric_keys)
-              + " test err | majority-class err | Occam bound on test err |", "|" + "---|" * (7 + len(metric_keys))]
+              + " test err | majority-class err | Occam bound on test err |"
+              + (" stochastic test err | PAC-Bayes certificate on it |" if certified else ""),
+              "|" + "---|" * (7 + len(metric_keys) + 2 * certified)]
     for key in keys:
         cell = {k: stats[k].get(key) for k in stats}
         flags = [vacuous_test_error_bound(r.get("compression_bound"), r.get("majority_err")) for r in by_group[key]]
@@ -153,11 +158,16 @@ def render_report(result: dict, title: str) -> str:
         lines.append(f"| {key[0]} | {key[1]} | {cell['test_acc'][2]} | {_pm(cell['test_acc'])} | "
                      + "".join(f"{_pm(cell[k])} | " for k in metric_keys)
                      + f"{_pm(cell['test_err'])} | {_pm(cell['majority_err'])} | "
-                     f"{bound + (_mark(flags) if bound != '-' else '')} |")
+                     f"{bound + (_mark(flags) if bound != '-' else '')} |"
+                     + (_certificate_cells(cell, by_group[key]) if certified else ""))
     lines += ["", "test err = 1 - test acc. The Occam bound (`compute --compress`) bounds the test error of the "
               "quantized model with probability 1 - delta. A bound on the test error is marked vacuous when it is at "
               "least 1 or at least the majority-class error (the test error of always predicting the most frequent "
               "training class): it then says no more than that trivial classifier does."]
+    if certified:
+        lines[-1] += (" The PAC-Bayes certificate (`certify`) bounds, with probability 1 - delta - delta', the test "
+                      "error of the stochastic predictor (a Gaussian posterior over the trained numbers), whose "
+                      "measured test error stands beside it; it is marked vacuous by the same rule.")
     if majority_missing:
         lines[-1] += (f" The majority-class error is missing from {majority_missing} of {len(rows)} checkpoints "
                       "(their compute ran before it was recorded): their bounds are judged by >= 1 only.")
@@ -226,13 +236,18 @@ def render_report(result: dict, title: str) -> str:
               "| test err | majority err | Occam bound on test err "
               f"| {gap_names[gap_cols[0]]} | {gap_names[gap_cols[1]]} | paper bound on the gap ({loss_label}) "
               "| log10 Thm 1 bound on the CE gap "
-              f"{others_head}| train s | peak MiB |", "|" + "---|" * (18 + len(others_keys))]
+              + ("| stochastic test err | PAC-Bayes certificate " if certified else "")
+              + f"{others_head}| train s | peak MiB |", "|" + "---|" * (18 + len(others_keys) + 2 * certified)]
     for r in sorted(rows, key=lambda r: (plots.method_sort_key(r["method"]), r["rank"], r["seed"])):
         comp = _fmt_bound(r.get("compression_bound"))
         comp += _mark([vacuous_test_error_bound(r.get("compression_bound"), r.get("majority_err"))])
         paper = _fmt(r.get("paper_bound"), 3)
         paper += _mark([vacuous_gap_bound(r.get("paper_bound"), losses[id(r)]["max_gap"])])
         others = "".join(f"{_fmt(r.get(k), 3)} | " for k in others_keys)
+        if certified:
+            others = (f"{_fmt(r.get('stochastic_test_err'), 4)} | {_fmt_bound(r.get('pac_bayes_certificate'))}"
+                      + _mark([vacuous_test_error_bound(r.get("pac_bayes_certificate"), r.get("majority_err"))])
+                      + " | " + others)
         rank = r["rank"] if r["scope"] == "adapter" else "-"
         peak = r.get("peak_gpu_memory_bytes")
         lines.append(f"| {Path(r['checkpoint']).name} | {r['method']} | {rank} | {r['chain_k']} | {r['seed']} | "
@@ -245,6 +260,14 @@ def render_report(result: dict, title: str) -> str:
     for r in rows:
         r.pop("test_err", None)
     return "\n".join(lines) + "\n"
+
+
+def _certificate_cells(cell: dict, group: list[dict]) -> str:
+    """The stochastic predictor's test error and the PAC-Bayes certificate on it, marked vacuous by the rule of
+    the Occam bound."""
+    flags = [vacuous_test_error_bound(r.get("pac_bayes_certificate"), r.get("majority_err")) for r in group]
+    bound = _pm(cell["pac_bayes_certificate"], 3, _fmt_bound)
+    return f" {_pm(cell['stochastic_test_err'])} | {bound + (_mark(flags) if bound != '-' else '')} |"
 
 
 def _metric_keys(rows: list[dict]) -> list[str]:
@@ -381,6 +404,13 @@ def figure_captions(result: dict, spectra: dict[str, dict], landscapes: dict[str
             f"Each measure that compare ranks (one panel each; x axis, log scale where marked) against the measured "
             f"{words} (y axis), one point per checkpoint ({n} checkpoints, {_seed_words(counts)}), colour = method"
             f"{marker}. {titles} {colours}")
+    certified = [r for r in rows if _number(r.get("pac_bayes_certificate")) and _number(r.get("stochastic_test_err"))]
+    if certified:
+        caps["certificate.png"] = (
+            f"The PAC-Bayes certificate (`certify`, y axis) against the measured test error of the stochastic "
+            f"predictor it bounds (x axis), one point per checkpoint ({len(certified)} of {n}), colour = method"
+            f"{marker}. The black line is y = x; the dashed line is the majority-class test error, at or above which "
+            f"a certificate is vacuous. Both axes start at 0 and share one scale. {colours}")
     if spectra:
         first = next(iter(spectra.values()))["intruders"]
         heads = " Head-only training adapts no matrix and has no curve." if any(
@@ -425,6 +455,10 @@ def write_comparison(result: dict, out: Path, title: str) -> None:
         if fig is not None:
             plots.save(fig, str(out / f"measures-{gap}.png"))
             written.append(f"measures-{gap}.png")
+    fig = plots.certificate_figure(result)
+    if fig is not None:
+        plots.save(fig, str(out / "certificate.png"))
+        written.append("certificate.png")
     spectra = {}
     first_seed = min(x["seed"] for x in result["rows"])
     for r in sorted(result["rows"], key=lambda r: (plots.method_sort_key(r["method"]), r["rank"])):

@@ -70,6 +70,12 @@ def outputs(tmp_path_factory):
         "--json", str(w / "l1.json"))
     run("landscape", "--ckpt", ck, "--grid", "3", "--samples", "32", "--dirs", "pca", "--out", str(w / "l2"),
         "--json", str(w / "l2.json"))
+    run("certify", "--ckpt", ck, "--samples", "3", "--epochs", "1", "--sigma-prior", "0.01", "--json",
+        str(w / "p1.json"))
+    run("certify", "--ckpt", ck, "--samples", "3", "--epochs", "1", "--prior", "data", "--prior-epochs", "1",
+        "--objective", "kl", "--json", str(w / "p2.json"))
+    (Path(ck) / "analysis").mkdir()
+    (Path(ck) / "analysis" / "certify.json").write_text((w / "p1.json").read_text())
     run("compare", ck, "--out", str(w / "report"), "--json", str(w / "cmp.json"))
     load = lambda name: json.loads((w / name).read_text())  # noqa: E731
     return {"manifest (genbound-checkpoint, format 2)": [load("train.json")],
@@ -77,6 +83,7 @@ def outputs(tmp_path_factory):
             "genbound.spectrum/1": [load("s1.json"), load("s2.json")],
             "genbound.hessian/1": [load("h1.json"), load("h2.json")],
             "genbound.landscape/1": [load("l1.json"), load("l2.json")],
+            "genbound.certify/1": [load("p1.json"), load("p2.json")],
             "genbound.compare/1": [load("cmp.json"), json.loads((w / "report" / "results.json").read_text())]}
 
 

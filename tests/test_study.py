@@ -128,6 +128,12 @@ intruders = true
 [analyses.landscape]
 grid = 3
 samples = 20
+[analyses.certify]
+prior = "data"
+prior_epochs = 1
+epochs = 1
+samples = 2
+sigma_prior = [0.01]
 """
 
 
@@ -146,10 +152,13 @@ def test_study_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
                      "head-s0", "head-s1"]
     assert main(["study", str(path), "--quiet"]) == 0
     report = tmp_path / "report"
-    for f in ("README.md", "results.json", "methods.png", "measures-gap_01.png", "intruders.png", "landscapes.png"):
+    for f in ("README.md", "results.json", "methods.png", "measures-gap_01.png", "intruders.png", "landscapes.png",
+              "certificate.png"):
         assert (report / f).is_file(), f
     result = json.loads((report / "results.json").read_text())
     assert len(result["rows"]) == 8 and "compression_bound|gap_01" in result["ranking"]
+    assert "pac_bayes_certificate|gap_01" in result["ranking"] and "pac_bayes_certificate|gap_ce" in result["ranking"]
+    assert all(r["stochastic_test_err"] is not None for r in result["rows"])
     for t in result["ranking"].values():  # every tau of the report, by brute force over its rows
         pts = [r for r in result["rows"] if r[t["measure"]] is not None]
         assert t["n"] == len(pts) >= 6
