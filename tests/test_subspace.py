@@ -263,3 +263,20 @@ def test_cli_train_and_compute_report_the_subspace(ckpts, tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["compress"]["numbers"] == 30
     assert main(["compute", "--ckpt", str(ckpts / "head"), "--compress", "--projection-seeds", "0"]) == 2
+
+
+@pytest.mark.parametrize("method", __import__("genbound.methods", fromlist=["x"]).method_names())
+def test_every_method_trains_in_a_subspace_and_reloads_bit_for_bit(method, tmp_path, one_thread):
+    from genbound.methods import get_method
+
+    k = 2 if get_method(method).chain else 1
+    man = train(TrainConfig(**{**TINY, "steps": 6}, method=method, chain=k, subspace=12), tmp_path / "ck",
+                progress=False)
+    assert man["params"]["subspace"] == 12 * k and man["subspace"]["links"] == k
+    loaded = checkpoint.load(tmp_path / "ck")  # every stored tensor rebuilt from z, compared bit for bit
+    init = loaded.initial()
+    moved = [n for n, p in trained(loaded.model) if not torch.equal(p, init.model.get_parameter(n))]
+    assert moved  # z moved theta
+    frozen0 = frozen_and_trained(init.model)[0]  # the base's weights (a chain's frozen A is redrawn per link)
+    base = {n: t for n, t in frozen_and_trained(loaded.model)[0].items() if n.rsplit(".", 1)[-1] in ("weight", "bias")}
+    assert (bool(base) or method == "full") and all(torch.equal(t, frozen0[n]) for n, t in base.items())
