@@ -25,7 +25,7 @@ from .data import Task, load_task
 from .errors import CheckpointError, GenboundError, NonFinite, TrainingError
 from .files import atomic_save_tensors, atomic_write_text, check_folder_writable, json_text, sha256_file
 
-MANIFEST, ADAPTER, TRAJECTORY = "genbound.json", "adapter.safetensors", "trajectory"
+MANIFEST, ADAPTER, TRAJECTORY, SUBSPACE = "genbound.json", "adapter.safetensors", "trajectory", "subspace.safetensors"
 FORMAT_VERSION = 2  # 2: sha256 of every weight file ("files") and the splits' fingerprints (task.fingerprint)
 
 NUMBER = (int, float)
@@ -73,7 +73,7 @@ def save_snapshot(out: Path, step: int, link: int, tensors: dict[str, torch.Tens
 
 def weight_files(out: Path) -> dict[str, str]:
     """sha256 of every weight file of a checkpoint folder (adapter + trajectory snapshots), by relative path."""
-    paths = [out / ADAPTER, *sorted((out / TRAJECTORY).glob("*.safetensors"))]
+    paths = [out / ADAPTER, out / SUBSPACE, *sorted((out / TRAJECTORY).glob("*.safetensors"))]
     return {p.relative_to(out).as_posix(): sha256_file(p) for p in paths if p.is_file()}
 
 
@@ -107,11 +107,22 @@ def finite_metrics(metrics: dict) -> None:
 
 
 def save(out: Path, *, cfg: dict, built: Built, task: Task, ref: dict, metrics: dict, timing: dict,
-         counts: dict) -> dict:
-    """Write adapter.safetensors, then the manifest (last: its presence marks a finished checkpoint) with the
-    sha256 of every weight file and the fingerprints of the task's splits."""
+         counts: dict, subspace=None) -> dict:
+    """Write adapter.safetensors (and with a ``subspace``, subspace.safetensors: every link's z), then the manifest
+    (last: its presence marks a finished checkpoint) with the sha256 of every weight file and the fingerprints of
+    the task's splits."""
+    from .subspace import manifest_entry
+
     finite_metrics(metrics)
     atomic_save_tensors(adapter_state(built.model), out / ADAPTER)
+    extra = {}
+    if subspace is not None:
+        coords = subspace.coordinates()
+        if not bool(torch.isfinite(coords).all()):
+            raise NonFinite("the subspace coordinates z hold inf or nan values (try a lower --lr)")
+        atomic_save_tensors({"z": coords}, out / SUBSPACE)
+        extra["subspace"] = manifest_entry(subspace, cfg["subspace_seed"])
+        counts = {**counts, "subspace": coords.numel()}
     layers, layout = built.layers, built.method.layout
     # the fused path where the layout has one and training asked for it, else the reference path
     fused = layout.fused_path and cfg.get("fused", True)
@@ -132,7 +143,7 @@ def save(out: Path, *, cfg: dict, built: Built, task: Task, ref: dict, metrics: 
                       **({"fan_in_fan_out": True} if la.fan_in_fan_out else {})} for n, la in layers.items()],
         "dtype": str(next(built.model.parameters()).dtype).replace("torch.", ""),
         "params": counts, "config": cfg, "metrics": metrics, "timing": timing, "files": weight_files(out),
-        "environment": environment(),
+        "environment": environment(), **extra,
     }
     atomic_write_text(out / MANIFEST, json_text(manifest))
     return manifest
@@ -291,6 +302,40 @@ def other_task(man: dict, data: str) -> Task:
     return task
 
 
+def subspace_coordinates(ckpt: Path, man: dict) -> torch.Tensor:
+    """Every link's z of a subspace checkpoint (links x D), its file's sha256 and shape checked."""
+    entry = man["subspace"]
+    check_schema(man, {"subspace.dim": (int,), "subspace.links": (int,), "subspace.projection_seed": (int,),
+                       "subspace.kind": (str,)}, ckpt / MANIFEST)
+    verify_file(ckpt, man, SUBSPACE)
+    try:
+        z = load_file(str(ckpt / SUBSPACE))["z"]
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{ckpt / SUBSPACE} is missing or corrupt ({str(err).splitlines()[0]})") from None
+    if tuple(z.shape) != (entry["links"], entry["dim"]) or not bool(torch.isfinite(z).all()):
+        raise CheckpointError(f"{ckpt / SUBSPACE}: z must be {entry['links']} x {entry['dim']} finite numbers")
+    return z
+
+
+def check_subspace(ckpt: Path, man: dict, tensors: dict[str, torch.Tensor], task: Task, base: str | None) -> None:
+    """The stored tensors of a subspace checkpoint are exactly theta_0 + P z: every tensor is rebuilt from z and
+    a step-0 model (``subspace.replay``) and must equal the stored one bit for bit."""
+    from .subspace import KIND, replay
+
+    entry = man["subspace"]
+    z = subspace_coordinates(ckpt, man)
+    if entry["kind"] != KIND:
+        raise CheckpointError(f"{ckpt / MANIFEST}: subspace kind {entry['kind']!r}; this genbound knows {KIND!r}")
+    fresh = build_from_manifest(man, task, base)
+    replay(fresh.model, z, man["seed"], entry["projection_seed"])
+    rebuilt = adapter_state(fresh.model)
+    bad = [k for k, t in tensors.items() if k not in rebuilt or rebuilt[k].shape != t.shape
+           or not torch.equal(rebuilt[k].to(t.dtype), t)]
+    if bad:
+        raise CheckpointError(f"{ckpt / ADAPTER}: tensor {bad[0]} is not theta_0 + P z rebuilt from "
+                              f"{SUBSPACE} (edited, or written by another genbound)")
+
+
 def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None = None,
          data: str | None = None) -> Loaded:
     """Rebuild the fine-tuned model of a checkpoint (eval mode, on ``device``) with its task's data.
@@ -318,6 +363,8 @@ def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None 
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{ckpt / ADAPTER}: tensor {name} holds inf or nan values")
+    if "subspace" in man:
+        check_subspace(ckpt, man, tensors, task, base)
     dev = torch.device(device)
     built.model.to(dev).eval()
     return Loaded(built.model, man, task, built, dev, base, ckpt, info)

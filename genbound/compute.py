@@ -45,6 +45,8 @@ class ComputeOptions:
     qat_lr: float = opt(1e-3, 'learning rate of the quantization-aware fine-tune')
     hyper_settings: int = opt(1, 'training configurations tried (log2 is charged to the code)')
     seed_bits: int = opt(32, 'bits charged for the run seed')
+    projection_seeds: int = opt(1, 'subspace checkpoints: projections tried (--subspace-seed 0..S-1; log2 S is '
+                                   'charged to the code)')
     base_gap: bool = opt(True, 'also measure the gap before fine-tuning')
     batch_size: int = opt(256, 'evaluation batch size')
 
@@ -61,7 +63,8 @@ def check_options(opts: ComputeOptions) -> None:
         if unknown or not opts.schemes:
             raise GenboundError(f"--schemes {' '.join(opts.schemes)}: choose from {', '.join(SCHEMES)}")
     for flag, value, low in (("--qat-steps", opts.qat_steps, 0), ("--hyper-settings", opts.hyper_settings, 1),
-                             ("--seed-bits", opts.seed_bits, 0), ("--batch-size", opts.batch_size, 1)):
+                             ("--seed-bits", opts.seed_bits, 0), ("--batch-size", opts.batch_size, 1),
+                             ("--projection-seeds", opts.projection_seeds, 1)):
         if value < low:
             raise GenboundError(f"{flag} {value}: must be at least {low}")
     for flag, value in (("--qat-lr", opts.qat_lr), ("--block-lipschitz", opts.block_lipschitz)):
@@ -245,6 +248,10 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
         then = (f"{saved['test_loss']:.6g}" if reg else f"{saved['test_loss']:.6g} and {saved['test_acc']:.4f}")
         raise CheckpointError(f"re-evaluated, the model gives {now}, but the manifest records {then} (or other task "
                               "metrics): this is not the model that was trained; nothing is reported")
+    sub = man.get("subspace")
+    if opts.compress and sub is not None and sub["projection_seed"] >= opts.projection_seeds:
+        raise GenboundError(f"--projection-seeds {opts.projection_seeds}: the checkpoint uses projection "
+                            f"{sub['projection_seed']}, so at least {sub['projection_seed'] + 1} were tried")
     n_train = len(task.train)
     counts = parameter_counts(loaded.built)
     meth = man["method"]
@@ -258,6 +265,9 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
         "mi_term_full": bounds.mi_term(counts["full"], n_train, opts.bits, sigma),
         "problem": task.problem, "metrics": list(task.metrics),
     }
+    if sub is not None:
+        out.update({"params_subspace": sub["coordinates"],
+                    "mi_term_subspace": bounds.mi_term(sub["coordinates"], n_train, opts.bits, sigma)})
     if reg:
         out.update({"train_loss": m["train"]["mse"], "test_loss": m["test"]["mse"],
                     "train_mse": m["train"]["mse"], "test_mse": m["test"]["mse"],
@@ -367,7 +377,8 @@ def render(r: dict) -> str:
         f"paper bound, loss {r['loss']}: sqrt(2 q sigma^2 ln2 D / N), q={r['bits']:g}, sigma={r['sigma']:.4g} "
         f"({r['sigma_source']})",
         f"  D paper {r['params_paper']:,} -> {r['mi_term_paper']:.4g}   D full {r['params_full']:,} -> "
-        f"{r['mi_term_full']:.4g}",
+        f"{r['mi_term_full']:.4g}" + (f"   D subspace {r['params_subspace']:,} -> {r['mi_term_subspace']:.4g}"
+                                       if "params_subspace" in r else ""),
         f"Theorem 1 (C = {r['C']:.4g}); {r['theorem1_assumptions']}",
         f"  {'matrix':<44}{'n x m':>12}{'||W0||_2':>12}{'||dW||_2':>12}",
     ]
@@ -382,8 +393,10 @@ def render(r: dict) -> str:
         lines.append(f"  {r['theorem1_note']}")
     if "compress" in r:
         c = r["compress"]
+        what = " (the subspace coordinates z)" if c.get("coded") == "subspace" else ""
         lines += [f"compression (Occam, delta={c['delta']}): best {c['scheme']} {c['bits']}-bit code of "
-                  f"{c['numbers']:,} numbers = {c['code_bits']:,.0f} bits ({c['code_bits'] / c['numbers']:.3f}/number)",
+                  f"{c['numbers']:,} numbers{what} = "
+                  f"{c['code_bits']:,.0f} bits ({c['code_bits'] / c['numbers']:.3f}/number)",
                   f"  quantized: train err {c['train_err_q']:.4f}  test err {c['test_err_q']:.4f}  ->  "
                   f"bound on test error {c['occam_bound']:.4f}   (MI form, an estimate: {c['mi_estimate_01']:.4g})"]
     return "\n".join(lines)

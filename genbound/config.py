@@ -55,6 +55,10 @@ class TrainConfig:
     amp: bool = opt(True, 'bf16 autocast on CUDA')
     fused: bool = opt(True, 'train adapters through the fused path (merged weight; --no-fused: the reference path)')
     graphs: bool = opt(True, 'on CUDA, replay each full-batch step as a CUDA graph (--no-graphs: eager steps)')
+    subspace: int | None = opt(None, 'train only z in theta = theta_0 + P z: a seeded random D-dimensional subspace '
+                                     'of the trained numbers (P sparse, never stored; docs/theory.md 5e)')
+    subspace_seed: int = opt(0, 'which projection P (0, 1, ...; drawn with the run seed): trying S of them costs '
+                                'log2 S bits in the compression bound (compute --projection-seeds S)')
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -89,6 +93,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise bad("eval-samples", cfg.eval_samples, "must be at least 1")
     if cfg.max_length < 2:
         raise bad("max-length", cfg.max_length, "must be at least 2 tokens")
+    if cfg.subspace is not None and (isinstance(cfg.subspace, bool) or cfg.subspace < 1):
+        raise bad("subspace", cfg.subspace, "is the subspace dimension D: give an integer >= 1")
+    if cfg.subspace_seed < 0:
+        raise bad("subspace-seed", cfg.subspace_seed, "must be >= 0")
     if not cfg.hidden or any(h < 1 for h in cfg.hidden):
         raise bad("hidden", " ".join(map(str, cfg.hidden)), "needs positive layer sizes")
 

@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from . import bounds, compress
-from .build import Built, adapter_state
+from .build import Built, adapter_state, assign_state
 from .checkpoint import Loaded
 from .compress import encode, quantize
+from .layers import next_link
+from .subspace import Subspace, replay
 from .runtime import batch_of, logits_with, losses, predict, task_loss
 
 
@@ -92,9 +94,17 @@ def quantization_aware(model: nn.Module, pairs: dict, deltas: dict[str, torch.Te
     """``steps`` Adam steps on the deltas with the quantizer in the forward pass (training split only).
     The uniform grid follows the numbers every step, on their device; k-means levels are refitted every
     LEVELS_EVERY steps (the final code is quantized afresh by compress.encode either way)."""
+    starts = {k: s.to(y.device) for k, (_, s) in pairs.items()}
+    return _fine_tune(model, deltas, lambda q: {k: starts[k] + v for k, v in q.items()}, bits, scheme, inputs, y,
+                      steps, lr, batch_size, seed)
+
+
+def _fine_tune(model: nn.Module, deltas: dict[str, torch.Tensor], values_of, bits: int, scheme: str, inputs: dict,
+               y: torch.Tensor, steps: int, lr: float, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """The QAT loop: Adam on ``deltas`` (by name); ``values_of`` maps their fake-quantized values to the model's
+    tensors (by name) for ``logits_with``."""
     device = y.device
     params = {k: d.detach().clone().to(device).requires_grad_(True) for k, d in deltas.items()}
-    starts = {k: s.to(device) for k, (_, s) in pairs.items()}
     opt = torch.optim.Adam(params.values(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     levels: dict[str, torch.Tensor | None] = dict.fromkeys(params)
@@ -102,7 +112,7 @@ def quantization_aware(model: nn.Module, pairs: dict, deltas: dict[str, torch.Te
         if scheme == "kmeans" and step % LEVELS_EVERY == 0:
             levels = {k: kmeans_levels(p, bits) if p.numel() else None for k, p in params.items()}
         idx = torch.randint(len(y), (batch_size,), generator=gen).to(device)
-        values = {k: starts[k] + fake_quant(p, bits, scheme, levels[k]) for k, p in params.items()}
+        values = values_of({k: fake_quant(p, bits, scheme, levels[k]) for k, p in params.items()})
         loss = task_loss(logits_with(model, values, batch_of(inputs, idx)).float(), y[idx])
         opt.zero_grad()
         loss.backward()
@@ -110,25 +120,99 @@ def quantization_aware(model: nn.Module, pairs: dict, deltas: dict[str, torch.Te
     return {k: p.detach().cpu() for k, p in params.items()}
 
 
+class Direct:
+    """What is coded without a subspace: every trained number, as a delta from its decoder-known start."""
+
+    def __init__(self, loaded: Loaded, init: Built):
+        self.model, self.seed = loaded.model, loaded.manifest["seed"]
+        self.pairs = trained_deltas(loaded, init)
+        self.deltas = {k: f - s for k, (f, s) in self.pairs.items()}
+
+    def fine_tune(self, bits: int, scheme: str, inputs: dict, y: torch.Tensor, opts) -> dict[str, torch.Tensor]:
+        return quantization_aware(self.model, self.pairs, self.deltas, bits, scheme, inputs, y, opts.qat_steps,
+                                  opts.qat_lr, seed=self.seed)
+
+    def install(self, quantized: dict[str, torch.Tensor]) -> None:
+        _assign(self.model, {k: self.pairs[k][1] + q for k, q in quantized.items()})
+
+    def restore(self) -> None:
+        _assign(self.model, {k: f for k, (f, _) in self.pairs.items()})
+
+
+class InSubspace:
+    """What is coded for a subspace checkpoint (docs/theory.md section 5e): every link's z, one tensor per link
+    (``subspace.z.T``, its own levels), as deltas from 0; the model is rebuilt from them by ``subspace.replay``
+    on the step-0 tensors, as a decoder would."""
+
+    def __init__(self, loaded: Loaded, init: Built):
+        from .checkpoint import subspace_coordinates
+
+        man = loaded.manifest
+        self.model, self.seed, self.pseed = loaded.model, man["seed"], man["subspace"]["projection_seed"]
+        z = subspace_coordinates(loaded.path, man)
+        self.deltas = {self.name(t): z[t].clone() for t in range(z.shape[0])}
+        self.final = {k: v.clone() for k, v in adapter_state(loaded.model).items()}
+        self.start = {k: v.clone() for k, v in adapter_state(init.model).items()}
+
+    @staticmethod
+    def name(t: int) -> str:
+        return f"subspace.z.{t}"
+
+    def _rebuild(self, coords: list[torch.Tensor]) -> Subspace:
+        """The model from its step-0 tensors and the given links' z (see subspace.replay)."""
+        assign_state(self.model, {k: v.clone() for k, v in self.start.items()}, "the step-0 tensors")
+        dev = next(self.model.parameters()).device
+        z = torch.stack(coords).to(dev) if coords else torch.zeros(0, len(self.deltas[self.name(0)]), device=dev)
+        return replay(self.model, z, self.seed, self.pseed)
+
+    def install(self, quantized: dict[str, torch.Tensor]) -> None:
+        self._rebuild([quantized[self.name(t)] for t in range(len(self.deltas))])
+
+    def restore(self) -> None:
+        assign_state(self.model, {k: v.clone() for k, v in self.final.items()}, "the trained tensors")
+
+    def fine_tune(self, bits: int, scheme: str, inputs: dict, y: torch.Tensor, opts) -> dict[str, torch.Tensor]:
+        """QAT of the last link's z; the finished links stay at their quantized values (each link has its own
+        levels, so compress.encode quantizes them to exactly those again)."""
+        k = len(self.deltas)
+        done = []
+        for t in range(k - 1):
+            levels, symbols = quantize(self.deltas[self.name(t)], bits, scheme)
+            done.append(torch.as_tensor(levels[symbols], dtype=torch.float32))
+        sub = self._rebuild(done)
+        if k > 1:
+            next_link(self.model, k - 1)
+            sub.start_link()
+        names, shapes = sub.names, [p.shape for p in sub.params]
+
+        def values_of(q: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            flat = sub.theta0 + sub.proj.apply(q[self.name(k - 1)])
+            return dict(zip(names, (t.view(shape) for t, shape in
+                                    zip(flat.split([math.prod(s) for s in shapes]), shapes))))
+
+        last = _fine_tune(self.model, {self.name(k - 1): self.deltas[self.name(k - 1)]}, values_of, bits, scheme,
+                          inputs, y, opts.qat_steps, opts.qat_lr, 64, self.seed)
+        return {**self.deltas, **last}
+
+
 def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts) -> dict:
     """For each grid point (bits x scheme): optionally a quantization-aware fine-tune, then quantize, code
-    and decode the trained numbers, evaluate the QUANTIZED model, and keep the best Occam bound. The code's
-    header records the scheme and bit width (genbound.compress), so the choice is paid for in the code."""
-    pairs = trained_deltas(loaded, init)
-    deltas = {k: f - s for k, (f, s) in pairs.items()}
+    and decode the trained numbers (a subspace checkpoint: its z), evaluate the QUANTIZED model, and keep the
+    best Occam bound. The code's header records the scheme and bit width (genbound.compress), so the choice is
+    paid for in the code; a subspace checkpoint also pays log2(projection seeds tried)."""
+    coded = InSubspace(loaded, init) if "subspace" in loaded.manifest else Direct(loaded, init)
     n_train = len(ys["train"])
     grid = [(b, s) for s in opts.schemes for b in opts.compress_bits]
-    extra = opts.seed_bits + math.log2(opts.hyper_settings)
+    extra = opts.seed_bits + math.log2(opts.hyper_settings) + math.log2(opts.projection_seeds)
     tried, best = [], None
     loaded.model.eval()
     try:
         for bits, scheme in grid:
-            start = deltas
+            start = coded.deltas
             if opts.qat_steps:
-                start = quantization_aware(loaded.model, pairs, deltas, bits, scheme, inputs["train"], ys["train"],
-                                           opts.qat_steps, opts.qat_lr, seed=loaded.manifest["seed"])
+                start = coded.fine_tune(bits, scheme, inputs["train"], ys["train"], opts)
             code = encode(start, bits, scheme)
-            _assign(loaded.model, {k: pairs[k][1] + q for k, q in code.quantized.items()})
+            coded.install(code.quantized)
             errs = {s: losses(predict(loaded.model, inputs[s], len(ys[s]), opts.batch_size), ys[s], None, None)["err"]
                     for s in ("train", "test")}
             total = code.bits + extra
@@ -139,9 +223,7 @@ def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts) -> di
             tried.append(row)
             best = row if best is None or row["occam_bound"] < best["occam_bound"] else best
     finally:
-        _assign(loaded.model, {k: f for k, (f, _) in pairs.items()})
-    return {**best, "delta": opts.delta, "numbers": sum(d.numel() for d in deltas.values()),
+        coded.restore()
+    return {**best, "delta": opts.delta, "numbers": sum(d.numel() for d in coded.deltas.values()),
             "extra_bits": extra, "mi_estimate_01": bounds.mi_estimate_from_code(best["code_bits"], n_train, 0.5),
-            "tried": tried}
-
-
+            "coded": "subspace" if isinstance(coded, InSubspace) else "trained numbers", "tried": tried}

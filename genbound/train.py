@@ -25,6 +25,7 @@ from .errors import Interrupted, NonFinite, TrainingError
 from .files import check_folder_writable
 from .graphs import GraphedStep
 from .layers import next_link, use_fused
+from .subspace import Subspace, count
 from .config import TrainConfig, check_config, model_ref, normalized, run_label
 from .methods import get_method
 from .metrics import check_task
@@ -34,9 +35,14 @@ from .runtime import batch_of, evaluate, generator, logits, pick_device, task_lo
 SYNC_EVERY = 16  # steps between host reads of the loss (NaN check, progress bar)
 
 
-def make_optimizer(built: Built, cfg: TrainConfig, capturable: bool = False) -> torch.optim.AdamW:
+def make_optimizer(built: Built, cfg: TrainConfig, capturable: bool = False,
+                   subspace: Subspace | None = None) -> torch.optim.AdamW:
     """AdamW with one group per role; LoRA+ gives B ``lr_ratio`` times A's learning rate. ``capturable``:
-    learning rates as device tensors and a capturable step, for CUDA-graph replay."""
+    learning rates as device tensors and a capturable step, for CUDA-graph replay. With a subspace the
+    optimizer holds z alone (one group, lr; there are no roles left to give another rate)."""
+    if subspace is not None:
+        return torch.optim.AdamW([{"params": [subspace.z], "lr": cfg.lr, "name": "z"}],
+                                 weight_decay=cfg.weight_decay)
     ratio = built.method.lr_ratio if cfg.lr_ratio is None else cfg.lr_ratio
     layers = built.layers
     fast = {id(getattr(layer, leaf)) for layer in layers.values() for leaf in layer.layout.fast}
@@ -98,10 +104,20 @@ class _Run:
         pick = pick.sort().values.to(device)
         self.eval_in = {k: v[pick] for k, v in self.test_in.items()}
         self.eval_y = self.y_test[pick]
-        self.graphed = GraphedStep() if cfg.graphs and device.type == "cuda" else None
-        self.graph_error: str | None = None
-        self.opt = make_optimizer(built, cfg, capturable=self.graphed is not None)
-        self.trainable = [p for p in built.model.parameters() if p.requires_grad]
+        self.sub = None
+        if cfg.subspace is not None:
+            numbers = count(built.model)
+            if cfg.subspace > numbers:
+                raise TrainingError(f"--subspace {cfg.subspace}: larger than the {numbers:,} numbers {cfg.method} "
+                                    "trains here (give D <= that)")
+            self.sub = Subspace(built.model, cfg.subspace, cfg.seed, cfg.subspace_seed)
+        # with a subspace, steps run eagerly: the projection's steps were never captured and checked on a GPU
+        self.graphed = GraphedStep() if cfg.graphs and device.type == "cuda" and self.sub is None else None
+        self.graph_error: str | None = ("not used: --subspace steps run eagerly"
+                                        if self.sub is not None and cfg.graphs and device.type == "cuda" else None)
+        self.opt = make_optimizer(built, cfg, capturable=self.graphed is not None, subspace=self.sub)
+        self.trainable = [self.sub.z] if self.sub is not None else [
+            p for p in built.model.parameters() if p.requires_grad]
         self._order: tuple[int, torch.Tensor | None] = (-1, None)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, schedule(self.total, round(cfg.warmup * self.total)))
@@ -118,12 +134,16 @@ class _Run:
         state = {"step": self.step, "link": self.link, "train_seconds": self.train_seconds,
                  "adapter": {k: v.cpu() for k, v in adapter_state(self.built.model).items()},
                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+        if self.sub is not None:
+            state["subspace"] = self.sub.state()
         files.atomic_torch_save(state, self.out / "resume" / "state.pt")
 
     def load_state(self) -> None:
         state = torch.load(self.out / "resume" / "state.pt", map_location=self.device, weights_only=False)
         assign_state(self.built.model, state["adapter"], "resume state")
-        self.opt = make_optimizer(self.built, self.cfg, capturable=self.graphed is not None)
+        if self.sub is not None:
+            self.sub.load(state["subspace"])
+        self.opt = make_optimizer(self.built, self.cfg, capturable=self.graphed is not None, subspace=self.sub)
         self.opt.load_state_dict(state["optimizer"])
         if self.graphed is not None:  # a state saved without graphs holds float learning rates
             for g in self.opt.param_groups:
@@ -140,6 +160,9 @@ class _Run:
             self.link += 1
             next_link(self.built.model, self.link)
             reset_link_state(self.opt, self.built)
+            if self.sub is not None:  # a fresh z from the new link's tensors, and fresh moments for it
+                self.sub.start_link()
+                self.opt.state.pop(self.sub.z, None)
             if self.graphed is not None:
                 self.graphed.reset()
         idx = self.batch_indices(self.step)
@@ -167,9 +190,13 @@ class _Run:
             out = logits(self.built.model, batch)
         loss = task_loss(out.float(), inputs["y"], self.task.problem)
         loss.backward()
+        if self.sub is not None:
+            self.sub.pull_grad()  # dL/dz = P^T dL/dtheta
         if self.cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.clip)
         self.opt.step()
+        if self.sub is not None:
+            self.sub.push()  # theta = theta_0 + P z
         return loss
 
     def check_losses(self, losses: list[torch.Tensor]) -> list[float]:
@@ -338,7 +365,7 @@ def _train_loop(run: _Run, cfg: TrainConfig, out: Path, ref: dict, progress: boo
               "cuda_graphs": run.graphed is not None, "cuda_graph_error": run.graph_error}
     _check_finite_weights(built)
     return checkpoint.save(out, cfg=dataclasses.asdict(cfg), built=built, task=run.task, ref=ref,
-                           metrics=final, timing=timing, counts=parameter_counts(built))
+                           metrics=final, timing=timing, counts=parameter_counts(built), subspace=run.sub)
 
 
 def pretrain(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:

@@ -59,6 +59,10 @@ def outputs(tmp_path_factory):
     run("train", "--model", "mlp", "--data", "digits", "--hidden", "16", "16", "--steps", "20", "--method", "lora",
         "--rank", "2", "--out", ck, "--json", str(w / "train.json"))
     run("compute", "--ckpt", ck, "--compress", "--compress-bits", "2", "--json", str(w / "c1.json"))
+    sub = str(w / "sub")  # a subspace checkpoint adds manifest and compute keys
+    run("train", "--model", "mlp", "--data", "digits", "--hidden", "16", "16", "--steps", "10", "--method", "c3la",
+        "--chain", "2", "--rank", "2", "--subspace", "20", "--out", sub, "--json", str(w / "train-sub.json"))
+    run("compute", "--ckpt", sub, "--compress", "--compress-bits", "2", "--json", str(w / "c3.json"))
     run("compute", "--ckpt", ck, "--loss", "ce", "--smoothing", "0.1", "--no-base-gap", "--json", str(w / "c2.json"))
     run("spectrum", "--ckpt", ck, "--json", str(w / "s1.json"))
     run("spectrum", "--ckpt", ck, "--no-intruders", "--json", str(w / "s2.json"))
@@ -78,8 +82,8 @@ def outputs(tmp_path_factory):
     (Path(ck) / "analysis" / "certify.json").write_text((w / "p1.json").read_text())
     run("compare", ck, "--out", str(w / "report"), "--json", str(w / "cmp.json"))
     load = lambda name: json.loads((w / name).read_text())  # noqa: E731
-    return {"manifest (genbound-checkpoint, format 2)": [load("train.json")],
-            "genbound.compute/1": [load("c1.json"), load("c2.json")],
+    return {"manifest (genbound-checkpoint, format 2)": [load("train.json"), load("train-sub.json")],
+            "genbound.compute/1": [load("c1.json"), load("c2.json"), load("c3.json")],
             "genbound.spectrum/1": [load("s1.json"), load("s2.json")],
             "genbound.hessian/1": [load("h1.json"), load("h2.json")],
             "genbound.landscape/1": [load("l1.json"), load("l2.json")],
