@@ -95,6 +95,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise bad("max-length", cfg.max_length, "must be at least 2 tokens")
     if cfg.subspace is not None and (isinstance(cfg.subspace, bool) or cfg.subspace < 1):
         raise bad("subspace", cfg.subspace, "is the subspace dimension D: give an integer >= 1")
+    if cfg.subspace is not None and cfg.method == "lora_plus":
+        raise TrainingError("--subspace with lora_plus: in a subspace only z trains, with one learning rate, so "
+                            "LoRA+'s ratio for B has nothing to act on; use --method lora")
     if cfg.subspace_seed < 0:
         raise bad("subspace-seed", cfg.subspace_seed, "must be >= 0")
     if not cfg.hidden or any(h < 1 for h in cfg.hidden):

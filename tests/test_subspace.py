@@ -194,6 +194,9 @@ def test_bad_dimensions_are_refused_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--subspace" in err[0] and words in err[0], err
         assert not (out / "genbound.json").exists()
+    assert main([*base, "--method", "lora_plus", "--subspace", "8", "--out", str(tmp_path / "lp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lora_plus" in err[0] and "--method lora" in err[0], err
     with pytest.raises(SystemExit) as stop:  # argparse: not an integer
         main([*base, "--subspace", "x", "--out", str(tmp_path / "x")])
     assert stop.value.code == 2
@@ -265,7 +268,8 @@ def test_cli_train_and_compute_report_the_subspace(ckpts, tmp_path, capsys):
     assert main(["compute", "--ckpt", str(ckpts / "head"), "--compress", "--projection-seeds", "0"]) == 2
 
 
-@pytest.mark.parametrize("method", __import__("genbound.methods", fromlist=["x"]).method_names())
+@pytest.mark.parametrize("method", [m for m in __import__("genbound.methods", fromlist=["x"]).method_names()
+                                    if m != "lora_plus"])  # refused: its B ratio has nothing to act on in a subspace
 def test_every_method_trains_in_a_subspace_and_reloads_bit_for_bit(method, tmp_path, one_thread):
     from genbound.methods import get_method
 
