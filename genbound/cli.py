@@ -21,7 +21,8 @@ from .errors import GenboundError, Interrupted
 from .options import add_options, options_from
 
 DESCRIPTION = ("Train LoRA-family adapters and measure how each generalizes: the measured gap, the paper's bound, "
-               "Theorem 1's terms, a compression bound, update spectra, Hessian spectra and loss landscapes.")
+               "Theorem 1's terms, a compression bound, PAC-Bayes certificates, update spectra, Hessian spectra and "
+               "loss landscapes.")
 EPILOG = "Run 'genbound COMMAND --help' for the options of one command."
 _stdout = sys.stdout  # where --json - writes (the table goes to stderr then)
 
