@@ -33,7 +33,7 @@ from . import pacbayes, result
 from .checkpoint import Loaded
 from .errors import GenboundError
 from .options import opt
-from .runtime import batch_of, generator, logits_with, task_loss
+from .runtime import batch_of, device_generator, generator, logits_with, task_loss
 
 SCHEMA = "genbound.certify/1"
 KINDS, PRIORS, VARIANCES = ("pac-bayes",), ("init", "data"), ("number", "tensor")
@@ -115,11 +115,6 @@ def index_digest(idx: torch.Tensor) -> str:
     return hashlib.sha256(",".join(map(str, sorted(idx.tolist()))).encode()).hexdigest()
 
 
-def device_generator(device: torch.device, seed: int, *keys) -> torch.Generator:
-    """A generator on ``device`` seeded like ``runtime.generator(seed, "pac-bayes", *keys)``."""
-    return torch.Generator(device=device).manual_seed(generator(seed, "pac-bayes", *keys).initial_seed())
-
-
 def in_model_dtype(loaded: Loaded, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors in the dtypes the model holds them in (Q and P live in float32; a bf16 model computes in bf16)."""
     held = {**dict(loaded.model.named_parameters()), **dict(loaded.model.named_buffers())}
@@ -180,7 +175,7 @@ def train_posterior(loaded: Loaded, post: Posterior, prior_mean: dict, sigma_p: 
     one reparameterised sample per batch; the last objective value (None without steps)."""
     opt = torch.optim.Adam(post.parameters(), lr=o.lr)
     order = generator(o.seed, "pac-bayes", "posterior order", tag)
-    noise = device_generator(y.device, o.seed, "noise", tag)
+    noise = device_generator(y.device, o.seed, "pac-bayes", "noise", tag)
     n, last = len(idx), None
     for _ in range(o.epochs):
         for b in _batches(idx, o.batch_size, order):
@@ -258,7 +253,7 @@ def certify(loaded: Loaded, o: CertifyOptions, progress: bool = False) -> dict:
         kl_start = float(post.kl(prior_mean, sigma_p, torch.float64).detach())
         last = train_posterior(loaded, post, prior_mean, sigma_p, inputs["train"], ys["train"], cert_idx, delta_j, o,
                                j)
-        draws = device_generator(dev, o.seed, "certify", j)
+        draws = device_generator(dev, o.seed, "pac-bayes", "certify", j)
         est = stochastic_errors(loaded, post, inputs, ys, {"train": cert_idx, "test": test_idx}, o.samples, draws, size)
         kl = float(post.kl(prior_mean, sigma_p, torch.float64).detach())
         cert = pacbayes.certificate(est["train"], o.samples, kl, n, delta_j, delta_prime_j)

@@ -58,7 +58,7 @@ from .checkpoint import TRAJECTORY, Loaded, read_manifest, verify_file
 from .errors import CheckpointError, GenboundError
 from .options import opt
 from .layers import adapter_layers, shallow_clone
-from .runtime import batch_of, generator, logits, logits_with, problem_of, task_loss
+from .runtime import batch_of, generator, logits, logits_with, problem_of_targets, task_loss
 
 SCHEMA = "genbound.landscape/1"
 SPACES, DIRS = ("trainable", "delta", "all"), ("random", "pca")
@@ -334,7 +334,7 @@ def _per_example(model: nn.Module, params: dict, batch: dict, y: torch.Tensor) -
 def per_example(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each example's task loss (CE, or the squared error of a regression task's float targets) and whether
     its argmax is right (always False for regression, which has no error surface)."""
-    problem = problem_of(y)
+    problem = problem_of_targets(y)
     correct = torch.zeros_like(y, dtype=torch.bool) if problem == "regression" else out.argmax(-1) == y
     return task_loss(out, y, problem, "none"), correct
 

@@ -107,7 +107,38 @@ def _mark(flags: list) -> str:
     return VACUOUS if hits == len(judged) else f" (vacuous for {hits} of {len(judged)} seeds)"
 
 
+def _present(result: dict) -> dict[str, str]:
+    """The measures (name: description) that some row of the comparison has a number for."""
+    return {k: v for k, v in result.get("measures", {}).items() if any(_number(r.get(k)) for r in result["rows"])}
+
+
+def _by_group(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """The rows of each (method, rank) group."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_group(r), []).append(r)
+    return groups
+
+
 # ---- the markdown ------------------------------------------------------------------------------------------
+def _marked(c, flags: list, digits: int = 3, fmt=None) -> str:
+    """A per_method bound cell with its vacuity note ('-' when missing)."""
+    text = _pm(c, digits, fmt)
+    return text + (_mark(flags) if text != "-" else "")
+
+
+def _test_error_bound_cell(cell: dict, group: list[dict], key: str) -> str:
+    """A bound on the test error (Occam, PAC-Bayes), vacuous at or above the majority-class error."""
+    flags = [vacuous_test_error_bound(r.get(key), r.get("majority_err")) for r in group]
+    return _marked(cell[key], flags, 3, _fmt_bound)
+
+
+def _gap_bound_cell(cell: dict, group: list[dict], losses: dict) -> str:
+    """The paper's bound on the gap, vacuous at or above the largest gap of its loss."""
+    return _marked(cell["paper_bound"], [vacuous_gap_bound(r.get("paper_bound"), losses[id(r)]["max_gap"])
+                                        for r in group])
+
+
 def _pm(c, digits: int = 4, fmt=None) -> str:
     """mean (+- std over seeds when there are two or more) of a per_method cell."""
     if c is None:
@@ -140,9 +171,7 @@ def render_report(result: dict, title: str) -> str:
                                                "pac_bayes_certificate", "stochastic_test_err")}
     certified = any(_number(r.get("pac_bayes_certificate")) for r in rows)  # the PAC-Bayes columns, when present
     keys = sorted(stats["test_acc"], key=lambda k: (plots.method_sort_key(k[0]), str(k[1])))
-    by_group: dict[tuple, list[dict]] = {}
-    for r in rows:
-        by_group.setdefault(_group(r), []).append(r)
+    by_group = _by_group(rows)
 
     # -- the test error and its bound
     majority_missing = sum(not _number(r.get("majority_err")) for r in rows)
@@ -153,12 +182,10 @@ def render_report(result: dict, title: str) -> str:
               "|" + "---|" * (7 + len(metric_keys) + 2 * certified)]
     for key in keys:
         cell = {k: stats[k].get(key) for k in stats}
-        flags = [vacuous_test_error_bound(r.get("compression_bound"), r.get("majority_err")) for r in by_group[key]]
-        bound = _pm(cell["compression_bound"], 3, _fmt_bound)
         lines.append(f"| {key[0]} | {key[1]} | {cell['test_acc'][2]} | {_pm(cell['test_acc'])} | "
                      + "".join(f"{_pm(cell[k])} | " for k in metric_keys)
                      + f"{_pm(cell['test_err'])} | {_pm(cell['majority_err'])} | "
-                     f"{bound + (_mark(flags) if bound != '-' else '')} |"
+                     f"{_test_error_bound_cell(cell, by_group[key], 'compression_bound')} |"
                      + (_certificate_cells(cell, by_group[key]) if certified else ""))
     lines += ["", "test err = 1 - test acc. The Occam bound (`compute --compress`) bounds the test error of the "
               "quantized model with probability 1 - delta. A bound on the test error is marked vacuous when it is at "
@@ -184,12 +211,10 @@ def render_report(result: dict, title: str) -> str:
               f"paper bound on the gap ({loss_label}) |", "|---|---|---|---|---|---|---|"]
     for key in keys:
         cell = {k: stats[k].get(key) for k in stats}
-        flags = [vacuous_gap_bound(r.get("paper_bound"), losses[id(r)]["max_gap"]) for r in by_group[key]]
-        bound = _pm(cell["paper_bound"], 3)
         params = cell["params_paper"]
         lines.append(f"| {key[0]} | {key[1]} | {cell['test_acc'][2]} | "
                      f"{_fmt(int(params[0])) if params else '-'} | {_pm(cell[gap_cols[0]])} | "
-                     f"{_pm(cell[gap_cols[1]])} | {bound + (_mark(flags) if bound != '-' else '')} |")
+                     f"{_pm(cell[gap_cols[1]])} | {_gap_bound_cell(cell, by_group[key], losses)} |")
     max_gaps = sorted({losses[id(r)]["max_gap"] for r in rows if _number(r.get("paper_bound"))}, key=str)
     limit = ("1 for the 0-1 loss, as an error difference never exceeds 1" if max_gaps == [1.0] else
              ", ".join("unknown (sigma given by hand)" if m is None else f"{m:.4g}" for m in max_gaps)
@@ -223,13 +248,13 @@ def render_report(result: dict, title: str) -> str:
             lines.append(f"| {t['measure']} | {t['gap']} | {t['n']} | {t['tau']:+.3f} | "
                          f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}] | {_fmt(t['psi'], 3)} | {axes} |")
         lines.append("")
-    lines += ["Measures: " + "; ".join(f"`{k}` = {v}" for k, v in result["measures"].items()) + "."]
+    lines += ["Measures: " + "; ".join(f"`{k}` = {v}" for k, v in _present(result).items()) + "."]
     if all(r.get("log10_theorem1") is None for r in rows) and any(r.get("paper_bound") is not None for r in rows):
         lines += ["", "No Theorem-1 bound: these computes ran with the 0-1 loss, which is not Lipschitz; "
                       "Theorem 1's data-dependent term Phi_dW (`log10_phi_dw`) stands in for it."]
 
     # -- every checkpoint: the bounds in their own columns, then every other measure the analyses declare
-    others_keys = [k for k in result.get("measures", {}) if k not in PLACED]
+    others_keys = [k for k in _present(result) if k not in PLACED]
     others_head = "".join(f"| {SHORT.get(k, k)} " for k in others_keys)
     lines += ["", "## Every checkpoint", "",
               "| checkpoint | method | r | k | seed | D paper | test acc | train CE | test CE "
@@ -265,9 +290,7 @@ def render_report(result: dict, title: str) -> str:
 def _certificate_cells(cell: dict, group: list[dict]) -> str:
     """The stochastic predictor's test error and the PAC-Bayes certificate on it, marked vacuous by the rule of
     the Occam bound."""
-    flags = [vacuous_test_error_bound(r.get("pac_bayes_certificate"), r.get("majority_err")) for r in group]
-    bound = _pm(cell["pac_bayes_certificate"], 3, _fmt_bound)
-    return f" {_pm(cell['stochastic_test_err'])} | {bound + (_mark(flags) if bound != '-' else '')} |"
+    return f" {_pm(cell['stochastic_test_err'])} | {_test_error_bound_cell(cell, group, 'pac_bayes_certificate')} |"
 
 
 def _metric_keys(rows: list[dict]) -> list[str]:
@@ -291,9 +314,7 @@ def render_regression_report(result: dict, title: str) -> str:
     stats = {k: per_method(rows, k) for k in ("test_mse", "mean_mse", "gap_mse", "paper_bound", "params_paper",
                                                *metric_keys)}
     keys = sorted(stats["test_mse"], key=lambda k: (plots.method_sort_key(k[0]), str(k[1])))
-    by_group: dict[tuple, list[dict]] = {}
-    for r in rows:
-        by_group.setdefault(_group(r), []).append(r)
+    by_group = _by_group(rows)
     labels = sorted({losses[id(r)]["label"] for r in rows if _number(r.get("paper_bound"))})
     loss_label = labels[0] if len(labels) == 1 else "each checkpoint's compute loss"
     mhead = "".join(f" {k.replace('_', ' ')} |" for k in metric_keys)
@@ -304,13 +325,11 @@ def render_regression_report(result: dict, title: str) -> str:
              f"the gap ({loss_label}) |", "|" + "---|" * (8 + len(metric_keys))]
     for key in keys:
         cell = {k: stats[k].get(key) for k in stats}
-        flags = [vacuous_gap_bound(r.get("paper_bound"), losses[id(r)]["max_gap"]) for r in by_group[key]]
-        bound = _pm(cell["paper_bound"], 3)
         params = cell["params_paper"]
         lines.append(f"| {key[0]} | {key[1]} | {cell['test_mse'][2]} | {_fmt(int(params[0])) if params else '-'} | "
                      f"{_pm(cell['test_mse'])} | {_pm(cell['mean_mse'])} |"
                      + "".join(f" {_pm(cell[k])} |" for k in metric_keys)
-                     + f" {_pm(cell['gap_mse'])} | {bound + (_mark(flags) if bound != '-' else '')} |")
+                     + f" {_pm(cell['gap_mse'])} | {_gap_bound_cell(cell, by_group[key], losses)} |")
     lines += ["", "gap MSE = test MSE - train MSE (of the unbounded squared error); mean-predictor MSE = the test MSE "
               "of always predicting the mean training target. The paper's bound sqrt(2 q sigma^2 ln2 D / N) bounds "
               f"the expected gap of the {loss_label} (its gap is `gap_mse_bounded` in analysis/compute.json); it is "
@@ -328,7 +347,7 @@ def render_regression_report(result: dict, title: str) -> str:
             lines.append(f"| {t['measure']} | {t['gap']} | {t['n']} | {t['tau']:+.3f} | [{_fmt(lo, 2)}, "
                          f"{_fmt(hi, 2)}] | {_fmt(t['psi'], 3)} |")
         lines.append("")
-    lines += ["Measures: " + "; ".join(f"`{k}` = {v}" for k, v in result["measures"].items()) + "."]
+    lines += ["Measures: " + "; ".join(f"`{k}` = {v}" for k, v in _present(result).items()) + "."]
     lines += ["", "## Every checkpoint", "",
               f"| checkpoint | method | r | k | seed | D paper | train MSE | test MSE |{mhead} gap MSE | paper bound "
               "| log10 Thm 1 bound | train s |", "|" + "---|" * (12 + len(metric_keys))]

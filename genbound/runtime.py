@@ -24,6 +24,12 @@ def generator(seed: int, *keys: object) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(tag))
 
 
+def device_generator(device: torch.device, seed: int, *keys: object) -> torch.Generator:
+    """A generator on ``device`` seeded from (seed, keys) (CPU and CUDA draw different, both seeded, streams)."""
+    start = int(torch.randint(2**62, (1,), generator=generator(seed, *keys)))
+    return torch.Generator(device=device).manual_seed(start)
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``; one line when CUDA is asked for and absent."""
     if name == "auto":
@@ -80,7 +86,7 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor, problem: str = "classificat
     return F.cross_entropy(logits, y, reduction=reduction)
 
 
-def problem_of(y: torch.Tensor) -> str:
+def problem_of_targets(y: torch.Tensor) -> str:
     """"regression" for float targets, else "classification" (the Task contract: regression targets are float32)."""
     return "regression" if y.is_floating_point() else "classification"
 
@@ -91,7 +97,7 @@ def evaluate(model: nn.Module, inputs: dict, y: torch.Tensor, batch_size: int = 
     ``loss`` and accuracy ``acc``; regression (``problem``, or float ``y`` when None) the MSE as ``loss`` and
     ``mse``. Each name in ``metrics`` but accuracy (``genbound.metrics``) is added under its own name."""
     n = len(y) if limit is None else min(limit, len(y))
-    problem = problem or problem_of(y)
+    problem = problem or problem_of_targets(y)
     out = predict(model, inputs, n, batch_size)
     loss = task_loss(out, y[:n], problem).item()
     m: dict[str, float | None] = ({"loss": loss, "mse": loss} if problem == "regression" else

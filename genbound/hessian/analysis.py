@@ -17,8 +17,8 @@ from .. import result
 from ..checkpoint import Loaded
 from ..errors import GenboundError
 from ..options import opt
-from ..runtime import generator
-from .estimators import STOPS, WHICH, device_generator, hutchinson, hutchpp, lanczos_top, slq_density
+from ..runtime import device_generator, generator
+from .estimators import STOPS, WHICH, hutchinson, hutchpp, lanczos_top, slq_density
 from .operator import (DTYPES, HVP_MODES, PARAM_SETS, HessianOperator, select_params, space_model,
                        training_batches, working_model)
 

@@ -17,16 +17,10 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from ..errors import GenboundError
-from ..runtime import generator
+from ..runtime import device_generator
 
 
 SLQ_BASIS_BYTES = 4 * 2**30  # SLQ runs as many probes in lockstep as fit their Krylov bases in this (>= 1)
-
-
-def device_generator(device: torch.device, seed: int, *keys: object) -> torch.Generator:
-    """A generator on ``device`` seeded from (seed, keys) (CPU and CUDA draw different, both seeded, streams)."""
-    start = int(torch.randint(2**62, (1,), generator=generator(seed, *keys)))
-    return torch.Generator(device=device).manual_seed(start)
 
 
 def rademacher(count: int, dim: int, gen: torch.Generator, op) -> torch.Tensor:

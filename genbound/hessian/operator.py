@@ -44,7 +44,7 @@ from ..build import Built
 from ..checkpoint import Loaded
 from ..errors import GenboundError
 from ..layers import link_tensors, merged_model
-from ..runtime import batch_of, generator, logits_with, problem_of, task_loss
+from ..runtime import batch_of, generator, logits_with, problem_of_targets, task_loss
 
 PARAM_SETS = ("trainable", "adapters", "all", "dw")
 HVP_MODES = ("auto", "forward-over-reverse", "double-backward")
@@ -184,7 +184,7 @@ class HessianOperator:
         state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         self.rest = {n: t.detach() for n, t in state.items() if n not in self.params}
         self.n_examples = sum(len(b) for b in batches)
-        self.problem = problem_of(batches[0].y)  # float targets: a regression task's squared error
+        self.problem = problem_of_targets(batches[0].y)  # float targets: a regression task's squared error
         self.n_hvp = self.n_passes = 0
         self.on_pass: Callable[[], None] | None = None  # progress callback, once per data pass
 
