@@ -1,4 +1,4 @@
-"""torch.distributed as genbound uses it (docs/design.md section 9): one process per GPU, started by torchrun
+"""torch.distributed as genbound uses it (docs/design.md section 8): one process per GPU, started by torchrun
 (or SLURM through torchrun); nothing here schedules processes.
 
 A process learns its place from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK). With a world of
