@@ -18,6 +18,7 @@ LIMIT=${LIMIT:-470}
 OUT=${OUT:-runs/out}
 export GENBOUND_WORDNET_DIR=/tmp/wordnet PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 mkdir -p "$GENBOUND_WORDNET_DIR" "$OUT" runs/logs
+rm -f runs/logs/shard-*.log  # logs of an earlier call on a warm machine would read as this one's
 bash analysis/unpack-wordnet.sh "$GENBOUND_WORDNET_DIR"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -57,7 +58,8 @@ mkdir -p "partial/$NAME"  # trained but unfinished runs, whole, for the next cal
 for d in "runs/$NAME"/*/; do
   n=$(basename "$d"); printf '%s\n' "${done_runs[@]}" | grep -qx "runs/$NAME/$n" && continue
   [ -f "$d/adapter.safetensors" ] && [ "$(du -sm --exclude=resume "$d" | cut -f1)" -lt 10 ] && \
-    { cp -r "$d" "partial/$NAME/" && rm -rf "partial/$NAME/$n/resume"; }
+    [ "$(du -sm partial | cut -f1)" -lt 30 ] && \
+    { cp -r "$d" "partial/$NAME/" && rm -rf "partial/$NAME/$n/resume"; }  # 30 MiB in all: what comes back
 done
 if [ -f "runs/$NAME/base/genbound-base.json" ]; then  # a self-pretrained base: its weights and records only
   mkdir -p "partial/$NAME/base" && cp runs/"$NAME"/base/*.json runs/"$NAME"/base/model.safetensors "partial/$NAME/base/"
