@@ -352,9 +352,12 @@ def run_study(study: Study, device: str = "auto", progress: bool = True, log=pri
     check_drift(study, grid(study), source)
     _make_base(study, device, progress, log)
     walk = shard_of(grid(study), shard or (0, 1), (lambda r: finished(study, r)) if shard else (lambda r: False))
-    wait = shard is None and not distributed.context().active
+    ctx = distributed.context()
+    wait = shard is None and not ctx.active
     for run in walk:
         if finished(study, run):
+            if ctx.main:  # said once, not by every rank
+                log(f"{run['name']}: trained already")
             continue
         with claim(study, run, wait, log) as held:
             if not held:
