@@ -218,10 +218,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from .compare import compare
     from .files import check_folder_writable
-    from .report import write_comparison
-    from .study import load_study, run_study
+    from .study import load_study, run_and_report
 
     study = load_study(args.study)
     if args.report:
@@ -235,13 +233,9 @@ def cmd_study(args: argparse.Namespace) -> None:
         except ValueError:
             raise GenboundError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}") from None
         shard = (i, n)
-    runs = run_study(study, device=args.device, progress=not args.quiet, shard=shard, source=args.study)
-    if shard is None:
-        result = compare(runs)
-        write_comparison(result, Path(study.report), study.name)
+    result = run_and_report(study, device=args.device, progress=not args.quiet, shard=shard, source=args.study)
+    if result is not None:
         write_json(args.json, result)
-    else:
-        print(f"shard {args.shard}: {len(runs)} runs done; run the study without --shard for the report")
 
 
 # ---- the parser --------------------------------------------------------------------------------------------
@@ -289,7 +283,8 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", metavar="FILE.toml", help="a study file, e.g. analysis/demo.toml")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--report", metavar="DIR", help="write the report here (default: the file's report, reports/NAME)")
-    p.add_argument("--shard", metavar="I/N", help="train and analyse only share I of N (parallel processes); no report")
+    p.add_argument("--shard", metavar="I/N", help="train and analyse only share I of N (separate processes, e.g. a "
+                   "job array; not under torchrun, whose ranks share the study already); no report")
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
-"""Files on disk: atomic writes with the user's umask, JSON without inf or nan, sha256 of files, and the
-check that an output location can be written before any work starts.
+"""Files on disk: atomic writes with the user's umask, JSON without inf or nan, sha256 of files, locks between
+processes, and the check that an output location can be written before any work starts.
 
 Checkpoints, manifests, analysis results, reports and caches are written here: to a temporary name in the same
 folder, then renamed, so an interrupted write leaves the previous file (or none), with the mode the umask asks
@@ -9,6 +9,7 @@ savez) are written directly by their libraries, which also follow the umask.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -84,6 +85,31 @@ def json_text(obj: Any, indent: int | None = 1) -> str:
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json_text(obj))
+
+
+@contextlib.contextmanager
+def lock(path: Path, wait: bool = True, waiting: Callable[[], None] | None = None):
+    """Hold an exclusive flock on ``path`` (created, with its folder) while the block runs; yields whether it is
+    held. When another process holds it: ``wait`` blocks until it is free (calling ``waiting()`` first), else the
+    block runs at once with False. The OS drops the lock of a process that dies, so a killed holder frees it."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                yield False
+                return
+            if waiting is not None:
+                waiting()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def sha256_file(path: Path) -> str:

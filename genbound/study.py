@@ -9,7 +9,6 @@ of a checkpoint is stored as DIR/analysis/<name>.json.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -18,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .analyses import ANALYSES, execute, get_analysis
 from .errors import GenboundError
-from .files import write_json
+from .files import lock, write_json
 
 
 
@@ -269,63 +268,139 @@ def check_drift(study: Study, runs: list[dict], source: str = "the study file") 
                             "set runs = \"a new folder\") to make them with the new settings; nothing was changed")
 
 
-@contextlib.contextmanager
-def _exclusive(folder: Path):
-    """Hold an exclusive lock on FOLDER.lock (next to the folder) while the block runs: processes working on one
-    study (--shard) make a shared thing, like the pretrained base, once."""
-    import fcntl
+def _exclusive(folder: Path, log=print):
+    """An exclusive lock on FOLDER.lock (next to the folder), held while the block runs: processes working on one
+    study (torchrun ranks, --shard) make a shared thing, like the pretrained base, once."""
+    return lock(folder.parent / f"{folder.name}.lock",
+                waiting=lambda: log(f"waiting for another process to make {folder}"))
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f"{folder.name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+
+CLAIMS = ".claims"  # RUNS/.claims/NAME.lock: held by the process that trains and analyses run NAME
+
+
+def claim(study: Study, run: dict, wait: bool = False, log=print):
+    """The claim on one run (a context manager yielding whether this process holds it): an flock on
+    RUNS/.claims/NAME.lock, held while the run trains and is analysed. The OS drops the claim of a process that
+    dies, so a restarted study takes the run over (its resume state, if any, continues it)."""
+    return lock(Path(study.runs) / CLAIMS / f"{run['name']}.lock", wait,
+                waiting=lambda: log(f"{run['name']}: waiting for another process that works on it"))
+
+
+def _make_base(study: Study, device: str, progress: bool, log) -> None:
+    """Pretrain the study's base if it asks for one and it is not there yet (once, whoever comes first)."""
+    from .config import TrainConfig
+    from .train import pretrain
+
+    base = Path(study.model) / "genbound-base.json"
+    if study.pretrain is None or base.is_file():
+        return
+    with _exclusive(Path(study.model), log):  # processes started together pretrain once; the others wait for it
+        if not base.is_file():
+            log(f"pretraining the base into {study.model}")
+            pretrain(TrainConfig(**{**study.pretrain, "device": device}), study.model, progress=progress)
+
+
+def _train_run(study: Study, run: dict, device: str, progress: bool, log) -> None:
+    """Train one run (resume it if it was interrupted) unless its checkpoint is there; its claim is held."""
+    import shutil
+
+    from .config import TrainConfig, run_label
+    from .train import train
+
+    out = Path(study.runs) / run["name"]
+    start = time.perf_counter()
+    if (out / checkpoint.MANIFEST).is_file():
+        log(f"{run['name']}: trained already")
+        return
+    if (out / "resume" / "state.pt").is_file():
+        log(f"{run['name']}: resuming")
+        train(None, out, resume=True, progress=progress)
+    else:
+        if (out / "resume").is_dir():  # started, then killed before its first resume state: nothing to keep
+            log(f"{run['name']}: starting again (it stopped before its first resume state)")
+            shutil.rmtree(out)
+        log(f"{run['name']}: training {run_label(TrainConfig(**run['config']))}")
+        train(TrainConfig(**{**run["config"], "device": device}), out, progress=progress)
+    log(f"{run['name']}: trained ({time.perf_counter() - start:.1f} s)")
+
+
+def _analyse_run(study: Study, run: dict, device: str, progress: bool, log) -> None:
+    """The study's analyses of one trained run that are not on disk yet."""
+    from .runtime import pick_device
+
+    out = Path(study.runs) / run["name"]
+    loaded = None
+    for name in _analyses_of(study, run):
+        if (out / "analysis" / f"{name}.json").is_file():
+            continue
+        start = time.perf_counter()
+        loaded = loaded or checkpoint.load(out, device=pick_device(device))
+        run_analysis(out, name, _options(name, for_task(name, study.analyses[name], loaded.manifest), "study"),
+                     device, loaded, progress=progress)
+        log(f"{run['name']}: {name} ({time.perf_counter() - start:.1f} s)")
 
 
 def run_study(study: Study, device: str = "auto", progress: bool = True, log=print,
               shard: tuple[int, int] | None = None, source: str = "the study file") -> list[Path]:
     """Pretrain (if asked), train every run not yet finished (resuming interrupted ones), run the analyses, one
-    line per step with its time. With ``shard`` = (i, n) only that share of the grid (several processes can work
-    on one study). Runs, analyses or a base made with other settings than the study now asks for are refused."""
-    from .config import TrainConfig, run_label
-    from .train import pretrain, train
-
-    runs_dir = Path(study.runs)
+    line per step with its time. Runs are walked seed by seed (``shard_of``'s order); a process works on a run
+    only while it holds the run's claim (``claim``) and the run is still unfinished, so processes on one study
+    (torchrun ranks, --shard) never do a run twice: a run another process holds is left to it, except by a
+    single process without ``shard``, which waits for it. With ``shard`` = (i, n) only that share of the
+    unfinished runs. Returns the folders of the walked runs that are finished, in grid order. Runs, analyses or
+    a base made with other settings than the study now asks for are refused."""
     check_drift(study, grid(study), source)
-    if study.pretrain is not None and not (Path(study.model) / "genbound-base.json").is_file():
-        with _exclusive(Path(study.model)):  # shards started together pretrain once; the others wait for it
-            if not (Path(study.model) / "genbound-base.json").is_file():
-                log(f"pretraining the base into {study.model}")
-                pretrain(TrainConfig(**{**study.pretrain, "device": device}), study.model, progress=progress)
-    done = []
-    runs = grid(study) if shard is None else shard_of(grid(study), shard, lambda r: finished(study, r))
-    for run in runs:
-        out = runs_dir / run["name"]
-        start = time.perf_counter()
-        if (out / checkpoint.MANIFEST).is_file():
-            log(f"{run['name']}: trained already")
-        elif (out / "resume" / "state.pt").is_file():
-            log(f"{run['name']}: resuming")
-            train(None, out, resume=True, progress=progress)
-            log(f"{run['name']}: trained ({time.perf_counter() - start:.1f} s)")
-        else:
-            log(f"{run['name']}: training {run_label(TrainConfig(**run['config']))}")
-            train(TrainConfig(**{**run["config"], "device": device}), out, progress=progress)
-            log(f"{run['name']}: trained ({time.perf_counter() - start:.1f} s)")
-        loaded = None
-        for name, opts in study.analyses.items():
-            if name not in _analyses_of(study, run):
-                continue
-            if (out / "analysis" / f"{name}.json").is_file():
-                continue
-            from .runtime import pick_device
+    _make_base(study, device, progress, log)
+    walk = shard_of(grid(study), shard or (0, 1), (lambda r: finished(study, r)) if shard else (lambda r: False))
+    ctx = distributed.context()
+    wait = shard is None and not ctx.active
+    for run in walk:
+        if finished(study, run):
+            if ctx.main:  # said once, not by every rank
+                log(f"{run['name']}: trained already")
+            continue
+        with claim(study, run, wait, log) as held:
+            if not held:
+                log(f"{run['name']}: left to the process that holds it")
+            elif not finished(study, run):  # checked again with the claim held: another process may have done it
+                _train_run(study, run, device, progress, log)
+                _analyse_run(study, run, device, progress, log)
+    names = {r["name"] for r in walk if finished(study, r)}
+    return [Path(study.runs) / r["name"] for r in grid(study) if r["name"] in names]
 
-            start = time.perf_counter()
-            loaded = loaded or checkpoint.load(out, device=pick_device(device))
-            run_analysis(out, name, _options(name, for_task(name, opts, loaded.manifest), "study"), device, loaded,
-                         progress=progress)
-            log(f"{run['name']}: {name} ({time.perf_counter() - start:.1f} s)")
-        done.append(out)
-    return done
+
+def run_and_report(study: Study, device: str = "auto", progress: bool = True, shard: tuple[int, int] | None = None,
+                   source: str = "the study file") -> dict | None:
+    """`genbound study`, in one process or in each rank under torchrun: join the ranks (each on its LOCAL_RANK GPU
+    or the CPU), run the study (the claims spread the runs over the ranks; each rank's lines start with
+    ``[rank R]``, progress bars on rank 0 only), wait for every rank, then rank 0 alone compares the whole grid
+    into the report and returns the comparison (None on the other ranks and with ``shard``)."""
+    from .compare import compare
+    from .report import write_comparison
+
+    ctx = distributed.context()
+    if shard is not None and ctx.active:
+        raise GenboundError(f"--shard {shard[0]}/{shard[1]} splits a study over separate processes (a job array); "
+                            f"under torchrun (WORLD_SIZE={ctx.world}) the ranks share it already: leave --shard out")
+    distributed.init(distributed.device_of(ctx, device))
+    try:
+        distributed.barrier(long=True)  # the long-wait group, made while every rank is here
+        log = (lambda line: print(f"[rank {ctx.rank}] {line}", flush=True)) if ctx.active else print
+        done = run_study(study, device, progress and ctx.main, log, shard, source)
+        if shard is not None:
+            log(f"shard {shard[0]}/{shard[1]}: {len(done)} runs done; run the study without --shard for the report")
+            return None
+        distributed.barrier(long=True)  # every rank's runs are done
+        if not ctx.main:
+            return None
+        runs = grid(study)
+        left = [r["name"] for r in runs if not finished(study, r)]
+        if left:
+            raise GenboundError(f"{len(left)} runs are not finished ({', '.join(left[:3])}"
+                                f"{', ...' if len(left) > 3 else ''}): another process holds them; run the study "
+                                "again when it is done for the report")
+        result = compare([Path(study.runs) / r["name"] for r in runs])
+        write_comparison(result, Path(study.report), study.name)
+        return result
+    finally:
+        distributed.finish()
