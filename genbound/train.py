@@ -341,6 +341,19 @@ def _main_checks(ctx: distributed.Context, check) -> None:
         raise err
 
 
+def _check_same_start(task: Task, built: Built) -> None:
+    """Every rank loaded the same data and base and drew the same initial tensors (seeded heads, random A,
+    selectors), as data parallelism assumes: compared by fingerprint and per-tensor sums, in one line if not."""
+    mine = (task.fingerprint(), built.backbone.sha256,
+            [float(t.double().sum()) for t in adapter_state(built.model).values()])
+    every = distributed.all_gather_objects(mine)
+    if any(other != mine for other in every):
+        what = ("data" if any(o[0] != mine[0] for o in every) else
+                "base model" if any(o[1] != mine[1] for o in every) else "initial tensors")
+        raise TrainingError(f"the {len(every)} processes did not build the same starting point (their {what} "
+                            "differ): every rank must see the same data files and base model")
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
           data_parallel: bool = False) -> dict:
     """Train ``cfg`` into checkpoint directory ``out`` (or continue it with resume=True); return the manifest.
@@ -367,6 +380,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     check_task(task)
     ref = model_ref(cfg)
     built = build(ref, task, cfg.method, cfg.rank, cfg.alpha, cfg.chain, cfg.seed, cfg.targets)
+    if ctx.active:
+        _check_same_start(task, built)
     run = _Run(cfg, out, task, built, device, Ranks(ctx, cfg.fsdp))
     created = not out.exists()
     if resume:

@@ -85,6 +85,13 @@ def _two_ranks(root: str) -> dict:
             _Run.train_step = real
         out["manifests"][name] = train(None, Path(root, name), resume=True, progress=False, data_parallel=True)
     out["writes"] = list(writes)
+    from genbound.errors import TrainingError
+
+    try:  # rank 1 loads other examples (as if its node held another data file)
+        train(TrainConfig(**{**RUNS["lora"], "n_train": 150 if ctx.rank else 200}), Path(root, "mixed"),
+              progress=False, data_parallel=True)
+    except TrainingError as err:
+        out["mixed"] = str(err)
     return out
 
 
@@ -193,6 +200,12 @@ def test_fsdp_resumes_from_its_last_saved_state(runs):
         ranked[0]["manifests"]["fsdp"]["metrics"], rel=TOL["rtol"], abs=TOL["atol"])
 
 
+def test_ranks_that_built_different_starting_points_stop_in_one_line(runs):
+    root, ranked, _ = runs
+    assert all("did not build the same starting point (their data differ)" in r["mixed"] for r in ranked)
+    assert not (root / "two" / "mixed").exists()
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--method", "lora", "--fsdp"], "--fsdp shards the weights of full fine-tuning"),
     (["--method", "full", "--fsdp"], "start it with torchrun"),
@@ -206,3 +219,28 @@ def test_bad_combinations_are_one_line(tmp_path, capsys, monkeypatch, argv, word
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and words in err, err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow  # about 35 s: torchrun starts 2 fresh interpreters
+def test_torchrun_trains_one_run_and_rank_zero_reports(tmp_path):
+    """The command as users start it: torchrun --nproc-per-node 2 -m genbound train; one summary line, the JSON
+    from rank 0, the checkpoint equal to one process's (the CLI's own single-process run)."""
+    import subprocess
+
+    args = ["train", "--model", "mlp", "--data", "digits", "--hidden", "16", "--n-train", "100", "--n-test", "40",
+            "--method", "lora", "--rank", "2", "--steps", "6", "--batch-size", "17", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "genbound", *args,
+                           "--out", str(tmp_path / "two"), "--json", str(tmp_path / "two.json")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("params paper=") == 1, done.stdout
+    man = json.loads((tmp_path / "two.json").read_text())
+    assert man["timing"]["world_size"] == 2
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    a, b = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **TOL, msg=k)
