@@ -31,6 +31,7 @@ RUNS = {
     # 101 examples in batches of 25: shares of 13 and 12, and every 5th step a batch of 1 (rank 1's share empty)
     "odd": dict(TINY, method="lora", n_train=101, batch_size=25, steps=10),
     "fsdp": dict(TINY, method="full", steps=12, fsdp=True),
+    "subspace": dict(TINY, method="lora", steps=8, subspace=40),  # z's gradient is the one summed
 }
 RESUMED = dict(TINY, method="c3la", chain=3, steps=12, save_every=3)  # cut by Ctrl-C at step 7
 CUT_AT = 7
@@ -85,7 +86,13 @@ def _two_ranks(root: str) -> dict:
             _Run.train_step = real
         out["manifests"][name] = train(None, Path(root, name), resume=True, progress=False, data_parallel=True)
     out["writes"] = list(writes)
-    from genbound.errors import TrainingError
+    from genbound.errors import NonFinite, TrainingError
+
+    try:
+        train(TrainConfig(**{**RUNS["lora"], "lr": 1e30, "clip": 0.0}), Path(root, "nan"), progress=False,
+              data_parallel=True)
+    except NonFinite as err:
+        out["nan"] = str(err)
 
     try:  # rank 1 loads other examples (as if its node held another data file)
         train(TrainConfig(**{**RUNS["lora"], "n_train": 150 if ctx.rank else 200}), Path(root, "mixed"),
@@ -129,7 +136,7 @@ def _assert_same_run(two: Path, one: Path, man2: dict, man1: dict) -> None:
         assert x.keys() == y.keys() and all(torch.allclose(x[k], y[k], **TOL) for k in x)
 
 
-@pytest.mark.parametrize("name", ["lora", "c3la", "full"])
+@pytest.mark.parametrize("name", ["lora", "c3la", "full", "subspace"])
 def test_two_ranks_equal_one_process_on_the_same_global_batch(runs, name):
     root, ranked, single = runs
     _assert_same_run(root / "two" / name, root / "one" / name, ranked[0]["manifests"][name], single[name])
@@ -198,6 +205,12 @@ def test_fsdp_resumes_from_its_last_saved_state(runs):
         torch.testing.assert_close(a[k], b[k], **TOL, msg=k)
     assert ranked[0]["manifests"]["fsdp-cut"]["metrics"] == pytest.approx(
         ranked[0]["manifests"]["fsdp"]["metrics"], rel=TOL["rtol"], abs=TOL["atol"])
+
+
+def test_a_non_finite_loss_stops_every_rank_and_keeps_nothing(runs):
+    root, ranked, _ = runs
+    assert all("loss became" in r["nan"] and "nothing was kept" in r["nan"] for r in ranked)
+    assert not (root / "two" / "nan").exists()
 
 
 def test_ranks_that_built_different_starting_points_stop_in_one_line(runs):
