@@ -59,7 +59,7 @@ class Ranks:
         flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss])
         all_reduce_sum(flat)
         at = 0
-        for p, g in zip(params if grads else [], grads):
+        for p, g in zip(params, grads):  # none under FSDP
             p.grad = flat[at:at + g.numel()].view_as(g).to(g.dtype)
             at += g.numel()
         return flat[-1]

@@ -145,17 +145,19 @@ class _Run:
 
     def save_state(self) -> None:
         """Rank 0 writes the resume state (under --fsdp every rank first takes part in gathering it)."""
+        if not (self.main or self.ranks.fsdp):
+            return
         if self.ranks.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
             adapter = whole(adapter_state(self.built.model), keep=self.main)
             optimizer = get_optimizer_state_dict(self.built.model, self.opt, options=StateDictOptions(
                 full_state_dict=True, cpu_offload=True))
-        elif self.main:
+            if not self.main:
+                return
+        else:
             adapter = {k: v.cpu() for k, v in adapter_state(self.built.model).items()}
             optimizer = self.opt.state_dict()
-        if not self.main:
-            return
         state = {"step": self.step, "link": self.link, "train_seconds": self.train_seconds,
                  "adapter": adapter, "optimizer": optimizer, "scheduler": self.sched.state_dict()}
         if self.sub is not None:
@@ -163,8 +165,10 @@ class _Run:
         files.atomic_torch_save(state, self.out / "resume" / "state.pt")
 
     def load_state(self) -> None:
-        """Every rank loads the resume state rank 0 wrote."""
-        state = torch.load(self.out / "resume" / "state.pt", map_location=self.device, weights_only=False)
+        """Every rank loads the resume state rank 0 wrote (under --fsdp to its CPU: the whole tensors need not
+        fit one GPU; each rank then keeps its shards)."""
+        state = torch.load(self.out / "resume" / "state.pt", map_location="cpu" if self.ranks.fsdp else self.device,
+                           weights_only=False)
         if self.ranks.fsdp:
             self._load_sharded(state)
         else:

@@ -106,8 +106,11 @@ def _two_ranks(root: str) -> dict:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ranks")
     ranked = run_ranks(_two_ranks, 2, str(root / "two"))
-    single = {name: train(TrainConfig(**{k: v for k, v in kw.items() if k != "fsdp"}), root / "one" / name,
-                          progress=False) for name, kw in RUNS.items()}
+    single = {name: train(TrainConfig(**kw), root / "one" / name, progress=False)
+              for name, kw in RUNS.items() if name != "fsdp"}
+    (root / "one" / "fsdp").symlink_to(root / "one" / "full")  # the same run in one process
+    single["fsdp"] = single["full"]
+    assert {k: v for k, v in RUNS["fsdp"].items() if k != "fsdp"} == RUNS["full"]
     return root, ranked, single
 
 
