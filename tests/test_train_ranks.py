@@ -260,3 +260,19 @@ def test_torchrun_trains_one_run_and_rank_zero_reports(tmp_path):
     a, b = _weights(tmp_path / "two"), _weights(tmp_path / "one")
     for k in a:
         torch.testing.assert_close(a[k], b[k], **TOL, msg=k)
+
+
+LLAMA = dict(model="tiny-llama", data="wordnet", method="full", steps=4, batch_size=9, n_train=60, n_test=20,
+             eval_samples=10, max_length=16)  # no dropout: a split batch is the same computation
+
+
+def _llama_fsdp(root: str) -> dict:
+    return train(TrainConfig(**LLAMA, fsdp=True), Path(root, "two"), progress=False, data_parallel=True)
+
+
+@pytest.mark.slow  # about 40 s
+def test_fsdp_shards_a_transformer_per_block_and_equals_one_process(tmp_path):
+    """tiny-llama: each decoder layer (a ModuleList member) sharded on its own, then the root; 9 = 5 + 4."""
+    two = run_ranks(_llama_fsdp, 2, str(tmp_path))[0]
+    one = train(TrainConfig(**LLAMA), tmp_path / "one", progress=False)
+    _assert_same_run(tmp_path / "two", tmp_path / "one", two, one)
