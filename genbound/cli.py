@@ -66,17 +66,24 @@ def print_metrics(man: dict) -> None:
 
 # ---- training and checkpoints ----------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> None:
+    """Under torchrun (``torchrun --nproc-per-node N -m genbound train ...``) the run is trained over every
+    process; rank 0 prints and writes."""
+    from . import distributed
     from .config import TrainConfig
     from .train import train
 
-    if args.resume:
-        man = train(None, args.resume, resume=True, progress=not args.quiet)
-    else:
-        if not args.out:
-            raise GenboundError("train needs --out DIR (or --resume DIR)")
-        man = train(options_from(args, TrainConfig), args.out, progress=not args.quiet)
-    print_metrics(man)
-    write_json(args.json, man)
+    if not args.resume and not args.out:
+        raise GenboundError("train needs --out DIR (or --resume DIR)")
+    try:
+        if args.resume:
+            man = train(None, args.resume, resume=True, progress=not args.quiet, data_parallel=True)
+        else:
+            man = train(options_from(args, TrainConfig), args.out, progress=not args.quiet, data_parallel=True)
+    finally:
+        distributed.finish()
+    if distributed.context().main:
+        print_metrics(man)
+        write_json(args.json, man)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:

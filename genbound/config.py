@@ -57,6 +57,8 @@ class TrainConfig:
     graphs: bool = opt(True, 'on CUDA, replay each full-batch step as a CUDA graph (--no-graphs: eager steps)')
     subspace: int | None = opt(None, 'train only z in theta = theta_0 + P z: a seeded random D-dimensional subspace '
                                      'of the trained numbers (P sparse, never stored; docs/theory.md 5e)')
+    fsdp: bool = opt(False, 'under torchrun, shard the weights, gradients and AdamW state of full fine-tuning over '
+                            'the processes (torch FSDP2), for models that do not fit one GPU')
     subspace_seed: int = opt(0, 'which projection P (0, 1, ...; drawn with the run seed): trying S of them costs '
                                 'log2 S bits in the compression bound (compute --projection-seeds S)')
 
@@ -98,6 +100,10 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.subspace is not None and cfg.method == "lora_plus":
         raise TrainingError("--subspace with lora_plus: in a subspace only z trains, with one learning rate, so "
                             "LoRA+'s ratio for B has nothing to act on; use --method lora")
+    if cfg.fsdp and (cfg.method != "full" or cfg.subspace is not None):
+        raise TrainingError(f"--fsdp shards the weights of full fine-tuning: use it with --method full and no "
+                            f"--subspace ({cfg.method}{' with --subspace' if cfg.subspace is not None else ''} "
+                            "trains few numbers: without --fsdp the run is data parallel over the processes)")
     if cfg.subspace_seed < 0:
         raise bad("subspace-seed", cfg.subspace_seed, "must be >= 0")
     if not cfg.hidden or any(h < 1 for h in cfg.hidden):

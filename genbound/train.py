@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, files
+from . import checkpoint, distributed, files
 from .build import Built, adapter_state, assign_state, build, parameter_counts
 from .data import Task, load_task
-from .errors import Interrupted, NonFinite, TrainingError
+from .errors import GenboundError, Interrupted, NonFinite, TrainingError
 from .files import check_folder_writable
 from .graphs import GraphedStep
 from .layers import next_link, use_fused
@@ -29,6 +29,7 @@ from .subspace import Subspace, count
 from .config import TrainConfig, check_config, model_ref, normalized, run_label
 from .methods import get_method
 from .metrics import check_task
+from .parallel import Ranks, shard, whole
 from .runtime import batch_of, evaluate, generator, logits, pick_device, task_loss
 
 
@@ -39,7 +40,8 @@ def make_optimizer(built: Built, cfg: TrainConfig, capturable: bool = False,
                    subspace: Subspace | None = None) -> torch.optim.AdamW:
     """AdamW with one group per role; LoRA+ gives B ``lr_ratio`` times A's learning rate. ``capturable``:
     learning rates as device tensors and a capturable step, for CUDA-graph replay. With a subspace the
-    optimizer holds z alone (one group, lr; there are no roles left to give another rate)."""
+    optimizer holds z alone (one group, lr; there are no roles left to give another rate). Under --fsdp the
+    step is foreach, not fused (the fused kernel on sharded tensors was never run here)."""
     if subspace is not None:
         return torch.optim.AdamW([{"params": [subspace.z], "lr": cfg.lr, "name": "z"}],
                                  weight_decay=cfg.weight_decay)
@@ -53,7 +55,7 @@ def make_optimizer(built: Built, cfg: TrainConfig, capturable: bool = False,
     spec = [{"params": groups["rest"], "lr": cfg.lr, "name": "rest"},
             {"params": groups["B"], "lr": cfg.lr * ratio, "name": "B"}]
     params = [p for g in spec for p in g["params"]]
-    fused = bool(params) and all(p.is_cuda for p in params)  # one kernel for all tensors on CUDA
+    fused = bool(params) and all(p.is_cuda for p in params) and not cfg.fsdp  # one kernel for all on CUDA
     groups = [g for g in spec if g["params"]]
     if capturable:
         groups = [{**g, "lr": torch.tensor(float(g["lr"]), device=g["params"][0].device)} for g in groups]
@@ -85,8 +87,11 @@ def reset_link_state(opt: torch.optim.Optimizer, built: Built) -> None:
 class _Run:
     """The mutable state of one run (model, optimizer, step, logs) and where it is saved."""
 
-    def __init__(self, cfg: TrainConfig, out: Path, task: Task, built: Built, device: torch.device):
+    def __init__(self, cfg: TrainConfig, out: Path, task: Task, built: Built, device: torch.device,
+                 ranks: Ranks | None = None):
         self.cfg, self.out, self.task, self.built, self.device = cfg, out, task, built, device
+        self.ranks = ranks or Ranks(distributed.Context())
+        self.main = self.ranks.ctx.main  # the rank that writes files
         self.peak = 0  # bytes; see peak_memory
         n = len(task.train)
         self.per_epoch = math.ceil(n / cfg.batch_size)
@@ -95,7 +100,10 @@ class _Run:
         self.snapshot_every = cfg.snapshot_every or max(1, self.total // 20)
         self.save_every = cfg.save_every or self.eval_every
         self.boundaries = link_boundaries(self.total, cfg.chain)
-        built.model.to(device)
+        if self.ranks.fsdp:
+            shard(built.model, device)
+        else:
+            built.model.to(device)
         self.train_in = {k: v.to(device) for k, v in built.backbone.encode(task.train).items()}
         self.test_in = {k: v.to(device) for k, v in built.backbone.encode(task.test).items()}
         self.y_train, self.y_test = task.train.y.to(device), task.test.y.to(device)
@@ -111,10 +119,15 @@ class _Run:
                 raise TrainingError(f"--subspace {cfg.subspace}: larger than the {numbers:,} numbers {cfg.method} "
                                     "trains here (give D <= that)")
             self.sub = Subspace(built.model, cfg.subspace, cfg.seed, cfg.subspace_seed)
-        # with a subspace, steps run eagerly: the projection's steps were never captured and checked on a GPU
-        self.graphed = GraphedStep() if cfg.graphs and device.type == "cuda" and self.sub is None else None
-        self.graph_error: str | None = ("not used: --subspace steps run eagerly"
-                                        if self.sub is not None and cfg.graphs and device.type == "cuda" else None)
+        # with a subspace, or over several processes, steps run eagerly: the projection's steps and a gradient
+        # all-reduce (NCCL) inside a graph were never captured and checked on a GPU
+        eager = ("--subspace steps run eagerly" if self.sub is not None else
+                 f"steps over {self.ranks.ctx.world} processes run eagerly (the gradient all-reduce was never "
+                 "captured in a graph)" if self.ranks.active else None)
+        use = cfg.graphs and device.type == "cuda"
+        self.graphed = GraphedStep() if use and eager is None else None
+        self.graph_error: str | None = f"not used: {eager}" if use and eager is not None else None
+        self.weight = 1.0  # this rank's share of the batch (parallel.Ranks.split)
         self.opt = make_optimizer(built, cfg, capturable=self.graphed is not None, subspace=self.sub)
         self.trainable = [self.sub.z] if self.sub is not None else [
             p for p in built.model.parameters() if p.requires_grad]
@@ -131,20 +144,40 @@ class _Run:
         return self._order[1][pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]
 
     def save_state(self) -> None:
+        """Rank 0 writes the resume state (under --fsdp every rank first takes part in gathering it)."""
+        if not (self.main or self.ranks.fsdp):
+            return
+        if self.ranks.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            adapter = whole(adapter_state(self.built.model), keep=self.main)
+            optimizer = get_optimizer_state_dict(self.built.model, self.opt, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True))
+            if not self.main:
+                return
+        else:
+            adapter = {k: v.cpu() for k, v in adapter_state(self.built.model).items()}
+            optimizer = self.opt.state_dict()
         state = {"step": self.step, "link": self.link, "train_seconds": self.train_seconds,
-                 "adapter": {k: v.cpu() for k, v in adapter_state(self.built.model).items()},
-                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+                 "adapter": adapter, "optimizer": optimizer, "scheduler": self.sched.state_dict()}
         if self.sub is not None:
             state["subspace"] = self.sub.state()
         files.atomic_torch_save(state, self.out / "resume" / "state.pt")
 
     def load_state(self) -> None:
-        state = torch.load(self.out / "resume" / "state.pt", map_location=self.device, weights_only=False)
-        assign_state(self.built.model, state["adapter"], "resume state")
+        """Every rank loads the resume state rank 0 wrote (under --fsdp to its CPU: the whole tensors need not
+        fit one GPU; each rank then keeps its shards)."""
+        state = torch.load(self.out / "resume" / "state.pt", map_location="cpu" if self.ranks.fsdp else self.device,
+                           weights_only=False)
+        if self.ranks.fsdp:
+            self._load_sharded(state)
+        else:
+            assign_state(self.built.model, state["adapter"], "resume state")
         if self.sub is not None:
             self.sub.load(state["subspace"])
-        self.opt = make_optimizer(self.built, self.cfg, capturable=self.graphed is not None, subspace=self.sub)
-        self.opt.load_state_dict(state["optimizer"])
+        if not self.ranks.fsdp:
+            self.opt = make_optimizer(self.built, self.cfg, capturable=self.graphed is not None, subspace=self.sub)
+            self.opt.load_state_dict(state["optimizer"])
         if self.graphed is not None:  # a state saved without graphs holds float learning rates
             for g in self.opt.param_groups:
                 g["lr"] = torch.as_tensor(g["lr"], dtype=torch.float32, device=self.device)
@@ -152,6 +185,18 @@ class _Run:
         self.sched.optimizer = self.opt
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.link, self.train_seconds = state["step"], state["link"], state["train_seconds"]
+
+    def _load_sharded(self, state: dict) -> None:
+        """The whole tensors and AdamW state of a --fsdp resume state, into this rank's shards."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        names = set(adapter_state(self.built.model))
+        if set(state["adapter"]) != names:
+            raise TrainingError(f"{self.out}: the resume state does not fit this model (its tensors differ)")
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(self.built.model, state["adapter"], options=options)
+        set_optimizer_state_dict(self.built.model, self.opt, optim_state_dict=state["optimizer"], options=options)
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step; returns the loss as a 0-d tensor (no host sync: see check_losses)."""
@@ -165,7 +210,7 @@ class _Run:
                 self.opt.state.pop(self.sub.z, None)
             if self.graphed is not None:
                 self.graphed.reset()
-        idx = self.batch_indices(self.step)
+        idx, self.weight = self.ranks.split(self.batch_indices(self.step))
         if self.graphed is not None and len(idx) == cfg.batch_size:
             inputs = {k: v.index_select(0, idx) for k, v in self.train_in.items()}  # full padded length
             inputs["y"] = self.y_train.index_select(0, idx)
@@ -189,9 +234,14 @@ class _Run:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=self.graphed is None):
             out = logits(self.built.model, batch)
         loss = task_loss(out.float(), inputs["y"], self.task.problem)
-        loss.backward()
+        if self.ranks.active:  # this rank's share of the batch's mean loss
+            (loss * self.ranks.backward_scale(self.weight)).backward()
+        else:
+            loss.backward()
         if self.sub is not None:
             self.sub.pull_grad()  # dL/dz = P^T dL/dtheta
+        if self.ranks.active:  # gradients (and the loss) summed over ranks before clipping
+            loss = self.ranks.reduce(self.trainable, loss * self.weight)
         if self.cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.clip)
         self.opt.step()
@@ -216,19 +266,26 @@ class _Run:
         return self.peak
 
     def log_eval(self, running: float) -> None:
+        """Rank 0 evaluates and writes (under --fsdp every rank evaluates: each forward needs them all)."""
+        if not (self.main or self.ranks.fsdp):
+            return
         self.peak_memory()  # evaluation (batches of 256, no graph) is left out of the training peak
         m = evaluate(self.built.model, self.eval_in, self.eval_y, problem=self.task.problem)
         row = {"step": self.step, "link": self.link, "lr": float(self.sched.get_last_lr()[0]),
                "train_loss_running": running, "test_loss_subset": m["loss"],
                **({"test_mse_subset": m["mse"]} if "mse" in m else {"test_acc_subset": m["acc"]}),
                "eval_samples": len(self.eval_y)}
-        files.append_jsonl(self.out / "metrics.jsonl", row)
+        if self.main:
+            files.append_jsonl(self.out / "metrics.jsonl", row)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def snapshot(self) -> None:
-        tensors = {n: p.detach().cpu() for n, p in self.built.model.named_parameters() if p.requires_grad}
-        checkpoint.save_snapshot(self.out, self.step, self.link, tensors)
+        tensors = {n: p.detach() for n, p in self.built.model.named_parameters() if p.requires_grad}
+        if self.ranks.fsdp:
+            tensors = whole(tensors, keep=self.main)
+        if self.main:
+            checkpoint.save_snapshot(self.out, self.step, self.link, {n: t.cpu() for n, t in tensors.items()})
 
 
 RESUME, RESUME_CONFIG, RESUME_IDENTITY = "resume", "config.json", "identity.json"
@@ -274,30 +331,67 @@ def _check_finite_weights(built: Built) -> None:
             raise NonFinite(f"the trained tensor {name} holds inf or nan values (try a lower --lr)")
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def _main_checks(ctx: distributed.Context, check) -> None:
+    """``check()`` on rank 0 alone (its probe files would otherwise meet the other ranks' checks); every rank
+    raises the GenboundError it raised."""
+    err = None
+    if ctx.main:
+        try:
+            check()
+        except GenboundError as e:
+            err = e
+    err = distributed.broadcast_object(err) if ctx.active else err
+    if err is not None:
+        raise err
+
+
+def _check_same_start(task: Task, built: Built) -> None:
+    """Every rank loaded the same data and base and drew the same initial tensors (seeded heads, random A,
+    selectors), as data parallelism assumes: compared by fingerprint and per-tensor sums, in one line if not."""
+    mine = (task.fingerprint(), built.backbone.sha256,
+            [float(t.double().sum()) for t in adapter_state(built.model).values()])
+    every = distributed.all_gather_objects(mine)
+    if any(other != mine for other in every):
+        what = ("data" if any(o[0] != mine[0] for o in every) else
+                "base model" if any(o[1] != mine[1] for o in every) else "initial tensors")
+        raise TrainingError(f"the {len(every)} processes did not build the same starting point (their {what} "
+                            "differ): every rank must see the same data files and base model")
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
+          data_parallel: bool = False) -> dict:
     """Train ``cfg`` into checkpoint directory ``out`` (or continue it with resume=True); return the manifest.
 
     A fresh run that stops on an inf or nan removes what it wrote, so the same ``out`` can be used again; an
-    interrupted run (Ctrl-C) keeps its resume state."""
+    interrupted run (Ctrl-C) keeps its resume state. ``data_parallel``: under torchrun, join its processes and
+    train this one run over all of them (parallel.py; section 8b); rank 0 writes every file, and every rank
+    returns the manifest. Without it (the Python API, a study's runs) the run is this process's own."""
     out = Path(out)
-    if resume:
-        cfg = _resume_config(out)
-    else:
-        checkpoint.check_fresh(out)
-        cfg = normalized(cfg)
+    ctx = distributed.context() if data_parallel else distributed.Context()
+    cfg = _resume_config(out) if resume else normalized(cfg)
     check_config(cfg)
     get_method(cfg.method)  # unknown names fail before any data is loaded
-    device = pick_device(cfg.device)
+    if cfg.fsdp and not ctx.active:
+        raise TrainingError("--fsdp shards one run over several processes: start it with torchrun "
+                            "--nproc-per-node N (N >= 2) -m genbound train ...")
+    device = distributed.device_of(ctx, cfg.device) if ctx.active else pick_device(cfg.device)
+    if ctx.active:
+        distributed.init(device)
+        distributed.barrier()  # every rank's own output checks are done before rank 0 looks into out
+    if not resume:
+        _main_checks(ctx, lambda: checkpoint.check_fresh(out))
     task = load_task(cfg.data, seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test)
     check_task(task)
     ref = model_ref(cfg)
     built = build(ref, task, cfg.method, cfg.rank, cfg.alpha, cfg.chain, cfg.seed, cfg.targets)
-    run = _Run(cfg, out, task, built, device)
+    if ctx.active:
+        _check_same_start(task, built)
+    run = _Run(cfg, out, task, built, device, Ranks(ctx, cfg.fsdp))
     created = not out.exists()
     if resume:
         _check_identity(out, built, task)
         run.load_state()
-    else:
+    elif ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         files.atomic_write_text(out / RESUME / RESUME_IDENTITY, json.dumps(
             {"base_sha256": built.backbone.sha256, "data": task.fingerprint()}, indent=1))
@@ -305,19 +399,25 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     try:
         if not resume:
             run.snapshot()
-        manifest = _train_loop(run, cfg, out, ref, progress)
+        manifest = _train_loop(run, cfg, out, ref, progress and ctx.main)
     except NonFinite as err:
         if resume:
             raise NonFinite(f"{err}; the resume state in {out} is kept (--resume meets the same step again): "
                             f"remove {out} to start over with other settings") from None
-        _discard(out, created)
+        if ctx.main:
+            _discard(out, created)
         raise NonFinite(f"{err}; nothing was kept in {out}") from None
-    shutil.rmtree(out / RESUME, ignore_errors=True)
+    if ctx.main:
+        shutil.rmtree(out / RESUME, ignore_errors=True)
+    if ctx.active:
+        distributed.barrier(long=True)  # rank 0's final evaluation and checkpoint may take long
+        manifest = distributed.broadcast_object(manifest)
     return manifest
 
 
-def _train_loop(run: _Run, cfg: TrainConfig, out: Path, ref: dict, progress: bool) -> dict:
-    """Steps until the budget is spent (saving resume state on the way and on Ctrl-C), then the checkpoint."""
+def _train_loop(run: _Run, cfg: TrainConfig, out: Path, ref: dict, progress: bool) -> dict | None:
+    """Steps until the budget is spent (saving resume state on the way and on Ctrl-C), then the checkpoint
+    (written and returned by rank 0; the other ranks return None)."""
     built, device = run.built, run.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -350,6 +450,9 @@ def _train_loop(run: _Run, cfg: TrainConfig, out: Path, ref: dict, progress: boo
     except KeyboardInterrupt:
         run.check_losses(pending)
         run.train_seconds += time.perf_counter() - t0  # the steps since the last sync count too
+        if run.ranks.fsdp:  # gathering needs every rank at the same point, which Ctrl-C does not promise
+            raise Interrupted(f"interrupted at step {run.step}/{run.total}; under --fsdp the resume state is the "
+                              f"last one saved (every --save-every steps): continue with --resume {out}") from None
         run.save_state()
         raise Interrupted(f"interrupted at step {run.step}/{run.total}; continue with --resume {out}") from None
     finally:
@@ -358,11 +461,19 @@ def _train_loop(run: _Run, cfg: TrainConfig, out: Path, ref: dict, progress: boo
     final = {f"{split}_{key}": value
              for split, (inputs, y) in {"train": (run.train_in, run.y_train), "test": (run.test_in, run.y_test)}.items()
              for key, value in evaluate(built.model, inputs, y, problem=run.task.problem,
-                                        metrics=run.task.metrics).items()}
+                                        metrics=run.task.metrics).items()} if run.main or run.ranks.fsdp else {}
+    if run.ranks.fsdp:  # the whole tensors into a plain model on rank 0's CPU, saved as one process would
+        gathered = whole(adapter_state(built.model), keep=run.main)
+        if run.main:
+            built = build(ref, run.task, cfg.method, cfg.rank, cfg.alpha, cfg.chain, cfg.seed, cfg.targets)
+            assign_state(built.model, gathered, "the gathered --fsdp tensors")
+    if not run.main:
+        return None
     timing = {"train_seconds": run.train_seconds, "wall_seconds_this_session": time.perf_counter() - start,
               "peak_gpu_memory_bytes": peak, "peak_gpu_memory_scope": "training steps (evaluations left out)",
               "device": str(device), "steps": run.total, "steps_per_link": run.boundaries,
-              "cuda_graphs": run.graphed is not None, "cuda_graph_error": run.graph_error}
+              "cuda_graphs": run.graphed is not None, "cuda_graph_error": run.graph_error,
+              "world_size": run.ranks.ctx.world}
     _check_finite_weights(built)
     return checkpoint.save(out, cfg=dataclasses.asdict(cfg), built=built, task=run.task, ref=ref,
                            metrics=final, timing=timing, counts=parameter_counts(built), subspace=run.sub)
