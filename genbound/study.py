@@ -199,7 +199,7 @@ def finished(study: Study, run: dict) -> bool:
 
 def _config_drift(expected: dict, recorded: dict) -> list[str]:
     """'key: recorded -> expected' for each training setting that differs (paths made absolute on both sides,
-    the device left out: where a run trains does not change what it is)."""
+    the device and --fsdp left out: where and over how many GPUs a run trains does not change what it is)."""
     from .config import TrainConfig, normalized
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -208,7 +208,7 @@ def _config_drift(expected: dict, recorded: dict) -> list[str]:
         b = dataclasses.asdict(normalized(TrainConfig(**{k: v for k, v in recorded.items() if k in names})))
     except TypeError as err:
         return [f"unreadable settings ({err})"]
-    return [f"{k} {b[k]!r} -> {a[k]!r}" for k in sorted(names - {"device"}) if a[k] != b[k]]
+    return [f"{k} {b[k]!r} -> {a[k]!r}" for k in sorted(names - {"device", "fsdp"}) if a[k] != b[k]]
 
 
 def _options_drift(name: str, options: Any, stored: dict) -> list[str]:
