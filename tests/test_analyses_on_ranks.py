@@ -140,34 +140,37 @@ def test_compute_on_two_ranks_equals_one_process(ckpts, tmp_path):
 
 
 # ---- hessian --------------------------------------------------------------------------------------------
-def operators_on_ranks(ckpt: str, samples: int, dtype: torch.dtype) -> dict:
-    """On every rank: the dense Hessian, loss and gradient of the operator over this rank's share."""
+def operators_on_ranks(ckpt: str, sizes: list[int], dtype: torch.dtype) -> list[dict]:
+    """On every rank, for each subsample size: the dense Hessian, loss and gradient of the operator over this
+    rank's share."""
     ctx = distributed.init(torch.device("cpu"))
-    loaded = checkpoint.load(ckpt)
+    return [operator_numbers(checkpoint.load(ckpt), samples, dtype, ctx) for samples in sizes]
+
+
+def operator_numbers(loaded, samples: int, dtype: torch.dtype, ranks=None) -> dict:
     model = working_model(loaded.model, dtype)
-    batches = training_batches(loaded, samples, 16, 0, dtype, ranks=ctx)
-    op = HessianOperator(model, select_params(model, loaded.built, "trainable"), batches, ranks=ctx)
+    batches = training_batches(loaded, samples, 16, 0, dtype, ranks=ranks)
+    op = HessianOperator(model, select_params(model, loaded.built, "trainable"), batches, ranks=ranks)
     return {"dense": op.dense(), "loss": op.loss(), "grad": op.gradient(), "local": sum(len(b) for b in batches),
             "n": op.n_examples}
 
 
-@pytest.mark.parametrize("samples", [101, 1])  # 1: rank 1 holds no example
-def test_hessian_products_on_two_ranks_are_the_mean_over_the_whole_sample(ckpts, samples):
+def test_hessian_products_on_two_ranks_are_the_mean_over_the_whole_sample(ckpts):
     """The dense float32 Hessian built from 2 ranks' summed HVPs equals one process's to rtol 1e-5, on both ranks
-    alike (bit for bit: one all-reduce hands every rank the same sum), and so do the loss and the gradient."""
-    ranks = run_ranks(operators_on_ranks, 2, str(ckpts / "cla"), samples, torch.float32)
+    alike (bit for bit: one all-reduce hands every rank the same sum), and so do the loss and the gradient; with
+    a subsample of 1 rank 1 holds no example."""
+    sizes = [101, 1]
+    ranks = run_ranks(operators_on_ranks, 2, str(ckpts / "cla"), sizes, torch.float32)
     loaded = checkpoint.load(ckpts / "cla")
-    model = working_model(loaded.model, torch.float32)
-    op = HessianOperator(model, select_params(model, loaded.built, "trainable"),
-                         training_batches(loaded, samples, 16, 0, torch.float32))
-    one = {"dense": op.dense(), "loss": op.loss(), "grad": op.gradient()}
-    assert [r["local"] for r in ranks] == ([51, 50] if samples == 101 else [1, 0])
-    assert all(r["n"] == samples for r in ranks)
-    for key in ("dense", "grad"):
-        assert torch.equal(ranks[0][key], ranks[1][key])
-        scale = float(one[key].abs().max())
-        torch.testing.assert_close(ranks[0][key], one[key], rtol=1e-5, atol=1e-6 * scale)
-    assert ranks[0]["loss"] == ranks[1]["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    for i, samples in enumerate(sizes):
+        one, r0, r1 = operator_numbers(loaded, samples, torch.float32), ranks[0][i], ranks[1][i]
+        assert [r0["local"], r1["local"]] == ([51, 50] if samples == 101 else [1, 0])
+        assert r0["n"] == r1["n"] == samples
+        for key in ("dense", "grad"):
+            assert torch.equal(r0[key], r1[key])
+            scale = float(one[key].abs().max())
+            torch.testing.assert_close(r0[key], one[key], rtol=1e-5, atol=1e-6 * scale)
+        assert r0["loss"] == r1["loss"] == pytest.approx(one["loss"], rel=1e-6)
 
 
 def test_hessian_cli_on_two_ranks_equals_one_process(ckpts, tmp_path):
@@ -196,18 +199,18 @@ def test_hessian_cli_on_two_ranks_equals_one_process(ckpts, tmp_path):
 
 
 # ---- landscape ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dirs", ["random", "pca"])
-def test_landscape_on_two_ranks_equals_one_process(ckpts, tmp_path, dirs):
+def test_landscape_on_two_ranks_equals_one_process(ckpts, tmp_path):
     """50 points in 13 chunks of 4 over 2 ranks: every loss, accuracy and the sharpness exactly one process's
     (random directions; PCA's eigh/lstsq in another process may differ in the last bit: rtol 1e-12); the .npz and
     .png from rank 0 alone."""
-    argv = ["landscape", "--ckpt", str(ckpts / "cla"), "--device", "cpu", "--dirs", dirs, "--grid", "7",
-            "--chunk", "4", "--samples", "120", "--batch-size", "50", "--out", str(tmp_path / "l-{r}"),
-            "--json", str(tmp_path / "l-{r}.json")]
-    ranks = run_ranks(cli_on_ranks, 2, [argv], str(tmp_path))
-    check_rank0_alone(ranks, [str(tmp_path / f"l-{{r}}.{ext}") for ext in ("npz", "png", "json")])
-    two, one = json.loads((tmp_path / "l-0.json").read_text()), one_process(argv)
-    tol = 0.0 if dirs == "random" else 1e-12
-    assert_same(two, one, rtol=tol, atol=tol, where="landscape")
-    np.testing.assert_allclose(np.load(tmp_path / "l-0.npz")["losses"], np.load(tmp_path / "l-single.npz")["losses"],
-                               rtol=tol, atol=0)
+    runs = {dirs: ["landscape", "--ckpt", str(ckpts / "cla"), "--device", "cpu", "--dirs", dirs, "--grid", "7",
+                   "--chunk", "4", "--samples", "120", "--batch-size", "50", "--out", str(tmp_path / f"{dirs}-{{r}}"),
+                   "--json", str(tmp_path / f"{dirs}-{{r}}.json")] for dirs in ("random", "pca")}
+    ranks = run_ranks(cli_on_ranks, 2, list(runs.values()), str(tmp_path))
+    check_rank0_alone(ranks, [str(tmp_path / f"{dirs}-{{r}}.{ext}") for dirs in runs for ext in ("npz", "png", "json")])
+    for dirs, argv in runs.items():
+        two, one = json.loads((tmp_path / f"{dirs}-0.json").read_text()), one_process(argv)
+        tol = 0.0 if dirs == "random" else 1e-12
+        assert_same(two, one, rtol=tol, atol=tol, where=dirs)
+        np.testing.assert_allclose(np.load(tmp_path / f"{dirs}-0.npz")["losses"],
+                                   np.load(tmp_path / f"{dirs}-single.npz")["losses"], rtol=tol, atol=0)
