@@ -10,6 +10,9 @@ Each analysis is one module that defines:
     applies(scope) -> bool      whether it applies to a method scope (optional; default: always)
     OUTPUTS, add_arguments(parser), write_outputs(results, args)
                                 optional: files it writes from the command line (plots), at the edge
+    across_ranks(options) -> bool
+                                optional: under torchrun its passes split over the processes and ``run`` takes
+                                ``ranks`` (a distributed.Context); without it rank 0 runs the analysis whole
 
 Adding an analysis = one module + one line below; cli.py and study.py need no edit. No torch here.
 """
@@ -54,10 +57,12 @@ register(Analysis("certify", "genbound.certify", "PAC-Bayes certificate on the 0
                                                  "around the checkpoint"))
 
 
-def execute(loaded, name: str, options, progress: bool = False):
+def execute(loaded, name: str, options, progress: bool = False, ranks=None):
     """Analysis ``name`` on a loaded checkpoint with an options object: its Result, whose JSON names the checkpoint
-    folder (the command line, studies and ``analyse`` all run analyses through here)."""
-    result = get_analysis(name).load().run(loaded, options, progress=progress)
+    folder (the command line, studies and ``analyse`` all run analyses through here). ``ranks``: the processes
+    that share this analysis (an analysis with ``across_ranks``; None: this process alone)."""
+    extra = {"ranks": ranks} if ranks is not None else {}
+    result = get_analysis(name).load().run(loaded, options, progress=progress, **extra)
     if loaded.path is not None:
         result.data["checkpoint"] = str(loaded.path)
     return result

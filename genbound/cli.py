@@ -128,13 +128,28 @@ def cmd_import_peft(args: argparse.Namespace) -> None:
 
 
 # ---- analyses ----------------------------------------------------------------------------------------------
-def load_for_analysis(ckpt: str, args: argparse.Namespace):
-    """The checkpoint (or PEFT folder, imported) loaded for an analysis, with --base and --data applied."""
+def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None):
+    """The checkpoint (or PEFT folder, imported) loaded for an analysis, with --base and --data applied, on this
+    rank's device (its LOCAL_RANK GPU under torchrun). With ``ranks`` rank 0 alone resolves the folder (a PEFT
+    folder is imported once) and tells the others, or raises its error on every rank."""
+    from . import distributed
     from .checkpoint import load
-    from .runtime import pick_device
 
-    path, is_peft = resolve_ckpt(ckpt, args)
-    return load(path, device=pick_device(args.device), base=args.base, data=None if is_peft else args.data)
+    if ranks is not None and ranks.active:
+        outcome = None
+        if ranks.main:
+            try:
+                outcome = resolve_ckpt(ckpt, args)
+            except Exception as err:  # every rank raises it, none waits for rank 0 in a collective
+                outcome = err
+        outcome = distributed.broadcast_object(outcome)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        path, is_peft = outcome
+    else:
+        path, is_peft = resolve_ckpt(ckpt, args)
+    device = distributed.device_of(distributed.context(), args.device)
+    return load(path, device=device, base=args.base, data=None if is_peft else args.data)
 
 
 def resolve_ckpt(ckpt: str, args: argparse.Namespace) -> tuple[str, bool]:
@@ -184,19 +199,43 @@ def analysis_arguments(p: argparse.ArgumentParser, options: type) -> None:
 
 
 def cmd_analysis(args: argparse.Namespace) -> None:
-    """Any registered analysis: run it on every --ckpt, print each table, write its files and its JSON."""
+    """Any registered analysis: run it on every --ckpt, print each table, write its files and its JSON.
+
+    Under torchrun (docs/design.md section 8c) an analysis with ``across_ranks`` splits its passes over the
+    processes, each on its LOCAL_RANK GPU, and rank 0 alone prints and writes; any other runs on rank 0 alone."""
+    from . import distributed
+
     mod = get_analysis(args.command).load()
     options = options_from(args, mod.Options)
     if hasattr(mod, "check_options"):
         mod.check_options(options)
+    ctx = distributed.context()
+    if ctx.active and not (hasattr(mod, "across_ranks") and mod.across_ranks(options)):
+        if ctx.main:
+            _analyse(mod, options, args, None)
+        return
+    joined = ctx.active and not distributed.dist.is_initialized()
+    ranks = distributed.init(distributed.device_of(ctx, args.device)) if ctx.active else None
+    try:
+        _analyse(mod, options, args, ranks)
+    finally:
+        if joined:
+            distributed.finish()
+
+
+def _analyse(mod, options, args: argparse.Namespace, ranks) -> None:
+    """cmd_analysis's work: with ``ranks`` every rank computes, rank 0 alone prints and writes."""
+    quiet = ranks is not None and not ranks.main
     results = {}
     for ckpt in args.ckpt:
-        loaded = load_for_analysis(ckpt, args)
+        loaded = load_for_analysis(ckpt, args, ranks)
         path = str(loaded.path)
         try:
-            result = execute(loaded, args.command, options, progress=not args.quiet)
+            result = execute(loaded, args.command, options, progress=not (args.quiet or quiet), ranks=ranks)
         except GenboundError as err:
             raise GenboundError(f"{path}: {err}") from None
+        if quiet:
+            continue  # the table, the files and the JSON are rank 0's
         if loaded.other_data or args.data:
             result.data["data"] = loaded.data
         if loaded.other_data:
@@ -206,6 +245,8 @@ def cmd_analysis(args: argparse.Namespace) -> None:
         label = folder if method in folder else f"{method} ({folder})"
         results[label if label not in results else f"{label} #{len(results) + 1}"] = result  # equal names kept apart
         print(result.render())
+    if quiet:
+        return
     if hasattr(mod, "write_outputs"):
         mod.write_outputs(results, args)
     write_results(args.json, {k: r.to_json() for k, r in results.items()}, args.command)

@@ -14,6 +14,7 @@ from torch import nn
 from . import bounds, result
 from .build import Built, parameter_counts
 from .checkpoint import Loaded, problem_of
+from .distributed import all_gather_objects
 from .errors import CheckpointError, GenboundError
 from .options import opt
 from .layers import AdapterLinear, weight_matrix
@@ -212,8 +213,10 @@ def theorem1(loaded: Loaded, init: Built, C: float, c_source: str, opts: Compute
 
 
 # ---- the analysis ----------------------------------------------------------------------------------------
-def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
-    """Every number of `genbound compute` for one loaded checkpoint."""
+def compute(loaded: Loaded, opts: ComputeOptions, ranks=None) -> dict:
+    """Every number of `genbound compute` for one loaded checkpoint. With ``ranks`` (a ``distributed.Context`` of
+    several processes: torchrun) every evaluation pass is split over them by batches and the logits gathered, so
+    every rank holds one process's numbers exactly (docs/design.md section 8c)."""
     check_options(opts)
     task, man, model, dev = loaded.task, loaded.manifest, loaded.model, loaded.device
     if len(task.test) == 0 or len(task.train) == 0:
@@ -229,7 +232,7 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
 
     def measured(net, s: str) -> tuple[dict, torch.Tensor]:
         """The losses of ``net`` on split ``s``, and its outputs."""
-        out = predict(net, inputs[s], len(ys[s]), opts.batch_size)
+        out = predict(net, inputs[s], len(ys[s]), opts.batch_size, ranks)
         return (regression_losses(out, ys[s], opts.clip, span) if reg else
                 losses(out, ys[s], opts.smoothing, opts.clip)), out
 
@@ -239,7 +242,8 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
     m["test"], outs["test"] = measured(model, "test")
     scores = {s: task_metrics(task, outs[s], ys[s]) for s in ("train", "test")}
     C, c_source = ((mlp_input_radius(inputs), "max ||[x; 1]||_2 over train and test inputs") if mlp else
-                   (token_norm[0], "max token norm of the embedding output over the training split"))
+                   (max(all_gather_objects(token_norm[0]) if ranks is not None and ranks.active else token_norm),
+                    "max token norm of the embedding output over the training split"))
     agrees = matches_manifest(m["test"], scores["test"], man["metrics"], reg, len(task.test))
     if not agrees and not loaded.other_data:
         saved = man["metrics"]
@@ -311,7 +315,7 @@ def compute(loaded: Loaded, opts: ComputeOptions) -> dict:
     if opts.compress:
         from .occam import compression
 
-        out["compress"] = compression(loaded, init, inputs, ys, opts)
+        out["compress"] = compression(loaded, init, inputs, ys, opts, ranks)
     return out
 
 
@@ -422,5 +426,10 @@ class Result(result.Result):
         return render(self.data)
 
 
-def run(loaded: Loaded, options: ComputeOptions, progress: bool = False) -> Result:
-    return Result(compute(loaded, options))
+def across_ranks(options: ComputeOptions) -> bool:
+    """Under torchrun the evaluation passes split over the processes (``run`` takes ``ranks``)."""
+    return True
+
+
+def run(loaded: Loaded, options: ComputeOptions, progress: bool = False, ranks=None) -> Result:
+    return Result(compute(loaded, options, ranks))

@@ -119,6 +119,14 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def all_gather_rows(parts: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Every rank's tensors ``parts`` (through the CPU), in rank order then in their order, on ``device``;
+    ``parts`` itself for a world of one. Ranks may hold different counts (none too)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return parts
+    return [t.to(device) for ranks in all_gather_objects([t.detach().cpu() for t in parts]) for t in ranks]
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s ``obj`` on every rank."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):

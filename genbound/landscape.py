@@ -55,6 +55,7 @@ from torch.func import vmap
 
 from . import result
 from .checkpoint import TRAJECTORY, Loaded, read_manifest, verify_file
+from .distributed import all_gather_objects, all_reduce_sum, share
 from .errors import CheckpointError, GenboundError
 from .options import opt
 from .layers import adapter_layers, shallow_clone
@@ -347,9 +348,12 @@ def moving(dirs: list[dict]) -> list[dict]:
 
 @torch.no_grad()
 def evaluate_points(space: Space, dirs: list[dict], coefs: torch.Tensor, data: EvalData, chunk: int,
-                    batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+                    batch_size: int, ranks=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Mean CE and accuracy at each row of ``coefs`` (P x k), ``chunk`` points per vmapped forward pass.
-    Falls back to a loop of functional_call (still no copies into the model) when an op refuses vmap."""
+    Falls back to a loop of functional_call (still no copies into the model) when an op refuses vmap.
+    With ``ranks`` (several processes) each rank evaluates its share of the chunks one process would form and
+    the sums are gathered by one all-reduce (every point's sum comes from one rank, the others add zeros), so
+    every rank holds one process's numbers exactly."""
     dirs, n = moving(dirs), len(data.y)
     coefs = coefs.to(data.y.device, next(iter(space.base.values())).dtype)
     batches = data.batches(batch_size)
@@ -360,7 +364,11 @@ def evaluate_points(space: Space, dirs: list[dict], coefs: torch.Tensor, data: E
     def one(params, batch, y):
         return _per_example(space.model, params, batch, y)
 
-    for lo in range(0, len(coefs), chunk):
+    starts = range(0, len(coefs), chunk)
+    if ranks is not None and ranks.active:
+        mine = share(len(starts), ranks)
+        starts = starts[mine.start:mine.stop]
+    for lo in starts:
         part = coefs[lo:lo + chunk]
         stacked = point_params(space.base, dirs, part)  # once per chunk, not per batch
         for batch, y in batches:
@@ -381,7 +389,19 @@ def evaluate_points(space: Space, dirs: list[dict], coefs: torch.Tensor, data: E
                                                           for i in range(len(part)))))
             loss[lo:lo + len(part)] += ce.double().sum(1)
             correct[lo:lo + len(part)] += ok.sum(1)
+    if ranks is not None and ranks.active:
+        all_reduce_sum(loss)
+        all_reduce_sum(correct)
+        info = merged_info(all_gather_objects(info))
     return (loss / n).cpu().numpy(), (correct.double() / n).cpu().numpy(), info
+
+
+def merged_info(infos: list[dict]) -> dict:
+    """The ranks' evaluation notes as one: the loop if any rank fell back to it, every op vmap looped over."""
+    out = dict(infos[0])
+    out["path"] = next((i["path"] for i in infos if i["path"] != "vmap"), "vmap")
+    out["vmap_fallback_ops"] = sorted({op for i in infos for op in i["vmap_fallback_ops"]})
+    return out
 
 
 @torch.no_grad()
@@ -427,8 +447,10 @@ def sharpness(a: list[float], b: list[float], losses: np.ndarray, centre: float,
             "points_within_rho": int(inside.sum()), "argmax": [float(A[worst]), float(B[worst])]}
 
 
-def landscape_analysis(loaded: Loaded, opts: LandscapeOptions, ckpt: str | Path | None = None) -> dict:
-    """The loss surface of one checkpoint (module docstring); ``ckpt`` is its folder, read for --dirs pca."""
+def landscape_analysis(loaded: Loaded, opts: LandscapeOptions, ckpt: str | Path | None = None, ranks=None) -> dict:
+    """The loss surface of one checkpoint (module docstring); ``ckpt`` is its folder, read for --dirs pca. With
+    ``ranks`` (several processes) the grid's chunks split over them; the directions (random, or PCA of the
+    trajectory: no data pass) and the sharpness are computed on every rank alike (docs/design.md section 8c)."""
     check_options(opts)
     space = build_space(loaded, opts.space, opts.attention)
     k = 1 if opts.one_d else 2
@@ -458,7 +480,7 @@ def landscape_analysis(loaded: Loaded, opts: LandscapeOptions, ckpt: str | Path 
     if loaded.device.type == "cuda":
         torch.cuda.synchronize(loaded.device)
     t0 = time.perf_counter()
-    loss, acc, info = evaluate_points(space, dirs, torch.tensor(pts), data, opts.chunk, opts.batch_size)
+    loss, acc, info = evaluate_points(space, dirs, torch.tensor(pts), data, opts.chunk, opts.batch_size, ranks)
     if loaded.device.type == "cuda":
         torch.cuda.synchronize(loaded.device)
     info.update(seconds=time.perf_counter() - t0, points=len(pts), device=str(loaded.device),
@@ -524,8 +546,13 @@ class Result(result.Result):
         return render(self.data)
 
 
-def run(loaded: Loaded, options: LandscapeOptions, progress: bool = False) -> Result:
-    return Result(landscape_analysis(loaded, options, ckpt=loaded.path))
+def across_ranks(options: LandscapeOptions) -> bool:
+    """Under torchrun the grid points split over the processes (``run`` takes ``ranks``)."""
+    return True
+
+
+def run(loaded: Loaded, options: LandscapeOptions, progress: bool = False, ranks=None) -> Result:
+    return Result(landscape_analysis(loaded, options, ckpt=loaded.path, ranks=ranks))
 
 
 OUTPUTS = [("out", "--out", "prefix")]

@@ -18,6 +18,7 @@ from . import bounds, compress
 from .build import Built, adapter_state, assign_state
 from .checkpoint import Loaded
 from .compress import encode, quantize
+from .distributed import broadcast_object
 from .layers import next_link
 from .subspace import Subspace, replay
 from .runtime import batch_of, logits_with, losses, predict, task_loss
@@ -195,11 +196,15 @@ class InSubspace:
         return {**self.deltas, **last}
 
 
-def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts) -> dict:
+def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts, ranks=None) -> dict:
     """For each grid point (bits x scheme): optionally a quantization-aware fine-tune, then quantize, code
     and decode the trained numbers (a subspace checkpoint: its z), evaluate the QUANTIZED model, and keep the
     best Occam bound. The code's header records the scheme and bit width (genbound.compress), so the choice is
-    paid for in the code; a subspace checkpoint also pays log2(projection seeds tried)."""
+    paid for in the code; a subspace checkpoint also pays log2(projection seeds tried).
+
+    With ``ranks`` (several processes) the quantized models' evaluations split over them by batches; the QAT
+    fine-tune runs on every rank (same seed, same batches) and rank 0's numbers are broadcast, so that no
+    nondeterministic kernel can make two ranks code different models."""
     coded = InSubspace(loaded, init) if "subspace" in loaded.manifest else Direct(loaded, init)
     n_train = len(ys["train"])
     grid = [(b, s) for s in opts.schemes for b in opts.compress_bits]
@@ -211,10 +216,12 @@ def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts) -> di
             start = coded.deltas
             if opts.qat_steps:
                 start = coded.fine_tune(bits, scheme, inputs["train"], ys["train"], opts)
+                if ranks is not None and ranks.active:
+                    start = broadcast_object(start)
             code = encode(start, bits, scheme)
             coded.install(code.quantized)
-            errs = {s: losses(predict(loaded.model, inputs[s], len(ys[s]), opts.batch_size), ys[s], None, None)["err"]
-                    for s in ("train", "test")}
+            errs = {s: losses(predict(loaded.model, inputs[s], len(ys[s]), opts.batch_size, ranks), ys[s], None,
+                              None)["err"] for s in ("train", "test")}
             total = code.bits + extra
             row = {"bits": bits, "scheme": scheme, "qat_steps": opts.qat_steps, "code_bits": total,
                    "payload_bits": code.payload_bits,

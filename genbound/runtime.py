@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .distributed import all_gather_rows, share
 from .errors import TrainingError
 from .metrics import FUNCTIONS
 
@@ -65,15 +66,21 @@ def logits_with(model: nn.Module, tensors: dict[str, torch.Tensor], batch: dict[
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: dict, n: int, batch_size: int = 256) -> torch.Tensor:
-    """Float32 logits of the first ``n`` examples, in eval mode (the model's mode is restored)."""
+def predict(model: nn.Module, inputs: dict, n: int, batch_size: int = 256, ranks=None) -> torch.Tensor:
+    """Float32 logits of the first ``n`` examples, in eval mode (the model's mode is restored). With ``ranks``
+    (a ``distributed.Context`` of several processes) each rank runs its share of the same batches one process
+    runs, and every rank gets all the logits, in order: the numbers of one process, exactly."""
     was_training = model.training
     model.eval()
     device = next(iter(inputs.values())).device
+    starts = range(0, n, batch_size)
+    if ranks is not None and ranks.active:
+        mine = share(len(starts), ranks)
+        starts = starts[mine.start:mine.stop]
     out = [logits(model, batch_of(inputs, torch.arange(lo, min(lo + batch_size, n), device=device))).float()
-           for lo in range(0, n, batch_size)]
+           for lo in starts]
     model.train(was_training)
-    return torch.cat(out)
+    return torch.cat(all_gather_rows(out, device) if ranks is not None and ranks.active else out)
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor, problem: str = "classification",

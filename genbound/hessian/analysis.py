@@ -189,10 +189,15 @@ def summarize_repeats(runs: list[dict]) -> dict:
     return out
 
 
-def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = False) -> dict:
-    """Every number of `genbound hessian` for one loaded checkpoint (see the module docstring)."""
+def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = False, ranks=None) -> dict:
+    """Every number of `genbound hessian` for one loaded checkpoint (see the module docstring). With ``ranks``
+    (several processes) each rank takes its share of every subsample and the HVPs are summed over the ranks; the
+    estimators run identically on every rank, from the same seeds (docs/design.md section 8c). The PyHessian
+    cross-check runs in one process (the command line runs it on rank 0 alone): ``ranks`` is ignored there."""
     start = time.perf_counter()
     check_options(opts)
+    if opts.backend != "genbound":
+        ranks = None
     dtype = DTYPES[opts.dtype]
     model = working_model(loaded.model, dtype)
     was_training = model.training
@@ -208,8 +213,8 @@ def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = Fals
                                 f"--params {opts.params} ({n})")
         for r in range(opts.repeats):
             seed = _repeat_seed(opts.seed, r)
-            batches = training_batches(loaded, opts.samples, opts.batch, opts.seed, dtype, repeat=r)
-            op = HessianOperator(model, params, batches, opts.hvp, opts.probe_batch, opts.cache_graphs)
+            batches = training_batches(loaded, opts.samples, opts.batch, opts.seed, dtype, repeat=r, ranks=ranks)
+            op = HessianOperator(model, params, batches, opts.hvp, opts.probe_batch, opts.cache_graphs, ranks)
             op.on_pass = lambda: bar.update(1)
             if opts.backend == "genbound":
                 est = genbound_estimates(op, opts, seed, density=opts.density and r == 0)
@@ -298,8 +303,13 @@ class Result(result.Result):
         return render(self.data)
 
 
-def run(loaded: Loaded, options: HessianOptions, progress: bool = False) -> Result:
-    return Result(hessian_analysis(loaded, options, progress=progress))
+def across_ranks(options: HessianOptions) -> bool:
+    """Under torchrun genbound's HVPs split over the processes; the PyHessian cross-check runs on rank 0 alone."""
+    return options.backend == "genbound"
+
+
+def run(loaded: Loaded, options: HessianOptions, progress: bool = False, ranks=None) -> Result:
+    return Result(hessian_analysis(loaded, options, progress=progress, ranks=ranks))
 
 
 OUTPUTS = [("plot", "--plot", "file")]

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..build import Built
 from ..checkpoint import Loaded
+from ..distributed import all_gather_objects, all_reduce_sum, share
 from ..errors import GenboundError
 from ..layers import link_tensors, merged_model
 from ..runtime import batch_of, generator, logits_with, problem_of_targets, task_loss
@@ -127,13 +128,17 @@ def subsample_indices(n_train: int, samples: int, seed: int, repeat: int = 0) ->
 
 
 def training_batches(loaded: Loaded, samples: int, batch: int, seed: int, dtype: torch.dtype,
-                     repeat: int = 0) -> list[Batch]:
+                     repeat: int = 0, ranks=None) -> list[Batch]:
     """The seeded subsample of the training split as batches of ``batch`` examples on the model's device.
-    Texts are tokenized once and each batch is cut to its longest sequence; float inputs are cast to dtype."""
+    Texts are tokenized once and each batch is cut to its longest sequence; float inputs are cast to dtype.
+    With ``ranks`` (several processes): this rank's contiguous share of the subsample, in such batches."""
     if batch <= 0:
         raise GenboundError(f"--batch must be a positive number of examples; got {batch}")
     train = loaded.task.train
     idx = subsample_indices(len(train), samples, seed, repeat)
+    if ranks is not None and ranks.active:
+        mine = share(len(idx), ranks)
+        idx = idx[mine.start:mine.stop]
     enc = loaded.built.backbone.encode(train.take(idx))
     enc = {k: (v.to(dtype) if v.is_floating_point() else v).to(loaded.device) for k, v in enc.items()}
     y = train.y[idx].to(loaded.device)
@@ -160,13 +165,21 @@ class HessianOperator:
     parameters' dtype and device.
 
     ``n_hvp`` counts Hessian-vector products (one probe vector times one pass over every batch),
-    ``n_passes`` the data passes (a pass serves up to ``probe_batch`` probes)."""
+    ``n_passes`` the data passes (a pass serves up to ``probe_batch`` probes).
+
+    With ``ranks`` (a ``distributed.Context`` of several processes) ``batches`` are this rank's share of the
+    subsample: each batch's loss is still divided by the whole subsample's N, and every product, loss and gradient
+    is summed over the ranks by one all-reduce, so every rank holds the mean over the whole subsample."""
 
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor], batches: list[Batch],
-                 hvp: str = "auto", probe_batch: int = 8, cache_graphs: bool = False):
+                 hvp: str = "auto", probe_batch: int = 8, cache_graphs: bool = False, ranks=None):
         if hvp not in HVP_MODES:
             raise GenboundError(f"--hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
-        if not batches or sum(len(b) for b in batches) == 0:
+        self.ranks = ranks if ranks is not None and ranks.active else None
+        counts = [(sum(len(b) for b in batches), problem_of_targets(batches[0].y) if batches else None)]
+        if self.ranks is not None:  # a rank may hold no example (fewer examples than ranks)
+            counts = all_gather_objects(counts[0])
+        if sum(c for c, _ in counts) == 0:
             raise GenboundError("no training examples to take the Hessian on (empty subsample)")
         if probe_batch <= 0:
             raise GenboundError(f"--probe-batch must be positive; got {probe_batch}")
@@ -183,8 +196,8 @@ class HessianOperator:
         self.dtype, self.device = first.dtype, first.device
         state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         self.rest = {n: t.detach() for n, t in state.items() if n not in self.params}
-        self.n_examples = sum(len(b) for b in batches)
-        self.problem = problem_of_targets(batches[0].y)  # float targets: a regression task's squared error
+        self.n_examples = sum(c for c, _ in counts)  # the whole subsample's N, over every rank
+        self.problem = next(p for c, p in counts if c)  # float targets: a regression task's squared error
         self.n_hvp = self.n_passes = 0
         self.on_pass: Callable[[], None] | None = None  # progress callback, once per data pass
 
@@ -209,10 +222,15 @@ class HessianOperator:
         task's loss (``runtime.task_loss``: CE, or the squared error of a regression task)."""
         return task_loss(self._logits(params, batch), batch.y, self.problem, "sum") / self.n_examples
 
+    def _summed(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's part summed over the ranks (one all-reduce; ``t`` itself for one process)."""
+        return all_reduce_sum(t) if self.ranks is not None else t
+
     @torch.no_grad()
     def loss(self) -> float:
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
         with math_attention():
-            return float(sum(self.batch_loss(self.params, b) for b in self.batches))
+            return float(self._summed(sum((self.batch_loss(self.params, b) for b in self.batches), zero)))
 
     def gradient(self, math_kernels: bool = True) -> torch.Tensor:
         """grad L (flat): one forward and backward pass over the subsample (the cost unit of an HVP)."""
@@ -223,7 +241,7 @@ class HessianOperator:
                 p = {n: t.clone().requires_grad_() for n, t in self.params.items()}
                 g = torch.autograd.grad(self.batch_loss(p, b), list(p.values()), materialize_grads=True)
                 total += self.flatten(g)
-        return total
+        return self._summed(total)
 
     # -- Hessian-vector products
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -248,10 +266,12 @@ class HessianOperator:
     def _hvp_chunk(self, V: torch.Tensor) -> torch.Tensor:
         tangents = self.unflatten(V)
         mode = self.mode_for(V.shape[0])
+        zero = torch.zeros_like(V)  # the sum of a rank without examples
         with math_attention():
             try:
-                total = sum(self._forward_over_reverse(tangents, b, V.shape[0]) if mode == "forward-over-reverse"
-                            else self._double_backward(tangents, i, V.shape[0]) for i, b in enumerate(self.batches))
+                total = sum((self._forward_over_reverse(tangents, b, V.shape[0]) if mode == "forward-over-reverse"
+                             else self._double_backward(tangents, i, V.shape[0]) for i, b in enumerate(self.batches)),
+                            zero)
             except torch.OutOfMemoryError:
                 raise  # too large a --probe-batch: say so, not a silent switch to double backward
             except (NotImplementedError, RuntimeError) as err:
@@ -260,7 +280,8 @@ class HessianOperator:
                 # auto: an op of this model without a forward-mode or batching rule; use double backward from
                 # now on and say so in the result (fallback_reason)
                 self.fallback_reason = f"forward-over-reverse failed ({str(err).splitlines()[0][:200]})"
-                total = sum(self._double_backward(tangents, i, V.shape[0]) for i in range(len(self.batches)))
+                total = sum((self._double_backward(tangents, i, V.shape[0]) for i in range(len(self.batches))), zero)
+        total = self._summed(total)
         self.n_hvp += V.shape[0]
         self.n_passes += 1
         if self.on_pass is not None:
