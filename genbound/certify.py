@@ -15,9 +15,11 @@
   the bounded cross-entropy, one reparameterised sample per batch, with Adam on (mean, log sigma).
 - One Q per prior scale sigma_P tried (J of them); each is certified at delta / J and delta' / J (a union
   bound), and the smallest certificate is reported: it holds with probability >= 1 - delta - delta'.
-- The certificate: m predictors drawn from Q give the mean 0-1 error on the n examples; the sample convergence
-  bound turns it into a bound on L_S(Q), and the PAC-Bayes-kl bound into one on L(Q). The same m draws give
-  the stochastic predictor's test error; the posterior mean's and the checkpoint's test errors are measured.
+- The certificate: m passes over the n examples (``--samples``), each split in order into batches of b
+  (``--draw-batch``) with a fresh predictor drawn from Q for every batch, give the mean 0-1 error; the sample
+  convergence bound over the K = m ceil(n / b) independent batch draws turns it into a bound on L_S(Q), and the
+  PAC-Bayes-kl bound into one on L(Q). Draws made the same way over the test split give the stochastic
+  predictor's test error; the posterior mean's and the checkpoint's test errors are measured.
 The model is never changed: every forward pass substitutes the sampled tensors (``runtime.logits_with``).
 """
 
@@ -59,7 +61,10 @@ class CertifyOptions:
     lr: float = opt(3e-3, 'Adam learning rate of the posterior (means and log sigmas)')
     batch_size: int = opt(128, 'examples per posterior training step')
     p_min: float = opt(1e-4, 'the bounded cross-entropy clamps probabilities below at p_min')
-    samples: int = opt(100, 'm, predictors drawn from each posterior for its certificate')
+    samples: int = opt(100, 'm, passes over the examples with predictors drawn from each posterior for its '
+                            'certificate')
+    draw_batch: int = opt(32, 'examples that share one sampled predictor in the certificate\'s draws (smaller: '
+                              'more independent units, m ceil(n / b), a tighter sampling term; slower)')
     delta: float = opt(0.025, 'the PAC-Bayes bound holds with probability >= 1 - delta')
     delta_prime: float = opt(0.01, 'the sample convergence bound holds with probability >= 1 - delta\'')
     seed: int = opt(0, 'the prior split, the posterior\'s noise and the certificate\'s draws')
@@ -90,6 +95,7 @@ def check_options(o: CertifyOptions) -> None:
         raise GenboundError("--sigma-prior lists a scale twice (the union bound would pay for it twice)")
     for flag, value, low in (("--prior-epochs", o.prior_epochs, 0), ("--epochs", o.epochs, 0),
                              ("--batch-size", o.batch_size, 1), ("--samples", o.samples, 1),
+                             ("--draw-batch", o.draw_batch, 1),
                              ("--eval-batch-size", o.eval_batch_size, 1)):
         if value < low:
             raise GenboundError(f"{flag} {value}: must be at least {low}")
@@ -204,13 +210,14 @@ def wrong(loaded: Loaded, tensors: dict, inputs: dict, y: torch.Tensor, idx: tor
 
 @torch.no_grad()
 def stochastic_errors(loaded: Loaded, post: Posterior, inputs: dict, ys: dict, idx: dict, m: int,
-                      gen: torch.Generator, size: int) -> dict[str, float]:
-    """The mean 0-1 error of m predictors drawn from Q on the certificate's examples and on the test split."""
+                      gen: torch.Generator, draw_batch: int) -> dict[str, float]:
+    """The mean 0-1 error of predictors drawn from Q on the certificate's examples and on the test split: m
+    passes over each, split in order into batches of ``draw_batch`` examples, a fresh predictor for every batch."""
     totals = dict.fromkeys(idx, 0)
     for _ in range(m):
-        theta = post.sample(gen)
         for s in idx:
-            totals[s] += wrong(loaded, theta, inputs[s], ys[s], idx[s], size)
+            for b in _batches(idx[s], draw_batch):
+                totals[s] += wrong(loaded, post.sample(gen), inputs[s], ys[s], b, draw_batch)
     return {s: totals[s] / (m * len(idx[s])) for s in idx}
 
 
@@ -247,6 +254,8 @@ def certify(loaded: Loaded, o: CertifyOptions, progress: bool = False) -> dict:
     size = o.eval_batch_size
     errs = lambda t, s, i: wrong(loaded, t, inputs[s], ys[s], i, size) / len(i)  # noqa: E731
     delta_j, delta_prime_j = pacbayes.union_deltas(o.delta, o.delta_prime, len(o.sigma_prior))
+    batches, fill = pacbayes.draw_layout(n, o.draw_batch)
+    units = o.samples * batches
     tried = []
     for j, sigma_p in enumerate(o.sigma_prior):
         post = Posterior(final if start == "checkpoint" else prior_mean, sigma_p, o.variance == "number")
@@ -254,9 +263,10 @@ def certify(loaded: Loaded, o: CertifyOptions, progress: bool = False) -> dict:
         last = train_posterior(loaded, post, prior_mean, sigma_p, inputs["train"], ys["train"], cert_idx, delta_j, o,
                                j)
         draws = device_generator(dev, o.seed, "pac-bayes", "certify", j)
-        est = stochastic_errors(loaded, post, inputs, ys, {"train": cert_idx, "test": test_idx}, o.samples, draws, size)
+        est = stochastic_errors(loaded, post, inputs, ys, {"train": cert_idx, "test": test_idx}, o.samples, draws,
+                                o.draw_batch)
         kl = float(post.kl(prior_mean, sigma_p, torch.float64).detach())
-        cert = pacbayes.certificate(est["train"], o.samples, kl, n, delta_j, delta_prime_j)
+        cert = pacbayes.certificate(est["train"], units, kl, n, delta_j, delta_prime_j, fill)
         mean = {k: v.detach() for k, v in post.mu.items()}
         sig = torch.cat([post.sigma(k).detach().double().reshape(-1) for k in post.mu])
         row = {"sigma_prior": sigma_p, "kl": kl, "kl_start": kl_start, "kl_over_n": kl / n,
@@ -280,7 +290,8 @@ def certify(loaded: Loaded, o: CertifyOptions, progress: bool = False) -> dict:
                      "seed": o.seed, "prior_fraction": o.prior_fraction if o.prior == "data" else 0.0,
                      "certificate_sha256": index_digest(cert_idx)},
         "numbers": sum(v.numel() for v in final.values()), "tensors": len(final),
-        "samples": o.samples, "delta": o.delta, "delta_prime": o.delta_prime,
+        "samples": o.samples, "draw_batch": o.draw_batch, "sample_units": units, "draw_fill": fill,
+        "delta": o.delta, "delta_prime": o.delta_prime,
         "confidence": 1 - o.delta - o.delta_prime, "priors_tried": len(o.sigma_prior),
         "delta_each": delta_j, "delta_prime_each": delta_prime_j,
         **{k: best[k] for k in ("sigma_prior", "kl", "stochastic_train_err", "train_err_bound", "certificate",
@@ -301,7 +312,10 @@ def render(r: dict) -> str:
     lines = [f"{r['method']}  r={r['rank']} k={r['chain_k']}   PAC-Bayes certificate ({r['objective']}, prior "
              f"{r['prior']}, sigma per {r['variance']}, start {r['start']}) over {r['numbers']:,} trained numbers in "
              f"{r['tensors']} tensors",
-             f"  uses {used}; {r['samples']} sampled predictors; confidence {r['confidence']:.3f} "
+             f"  uses {used}; {r['samples']} passes, " + (
+                 f"a predictor drawn from Q for every {r['draw_batch']} examples: {r['sample_units']:,} independent "
+                 "draws" if "draw_batch" in r else "one predictor drawn from Q a pass (genbound before --draw-batch)"),
+             f"  confidence {r['confidence']:.3f} "
              f"(delta {r['delta']:g} + delta' {r['delta_prime']:g}, each split over {r['priors_tried']} prior scales)",
              f"  {'sigma_P':>8}{'KL':>12}{'KL/n':>9}{'stoch train':>13}{'bound':>9}{'certificate':>13}"
              f"{'stoch test':>12}{'mean test':>11}"]

@@ -7,10 +7,13 @@ prior P fixed before those examples were seen (Maurer 2004, the PAC-Bayes-kl bou
 
 Its relaxations that serve as training objectives (Perez-Ortiz, Rivasplata, Shawe-Taylor, Szepesvari 2021):
 f-classic L_S + sqrt(B / 2), f-quad (sqrt(L_S + B / 2) + sqrt(B / 2))^2, and the bound itself, kl^-1(L_S, B),
-differentiated through the inversion (``kl_inverse_t``). L_S(Q) is estimated from m sampled predictors and
-bounded by the sample convergence bound (Langford & Caruana 2001): with probability >= 1 - delta',
-L_S(Q) <= kl^-1( L_S,m(Q), ln(2 / delta') / m ). kl and kl^-1 are ``bounds.kl_bernoulli`` and
-``bounds.kl_inverse`` (bisection in float64, rounded up).
+differentiated through the inversion (``kl_inverse_t``). L_S(Q) is estimated from predictors drawn from Q,
+a fresh one for every batch of b examples in each of m passes over the n examples, and bounded by the sample
+convergence bound (Langford & Caruana 2001; Hoeffding 1963 for independent, not identically distributed units
+in [0, 1]): the K = m ceil(n / b) batch error counts divided by b are independent given S, their mean is
+c err_hat with c = n / (ceil(n / b) b) <= 1 (a short last batch), so with probability >= 1 - delta',
+L_S(Q) <= kl^-1( c err_hat, ln(2 / delta') / K ) / c, clamped to 1 (b >= n: one predictor a pass, K = m, c = 1).
+kl and kl^-1 are ``bounds.kl_bernoulli`` and ``bounds.kl_inverse`` (bisection in float64, rounded up).
 """
 
 from __future__ import annotations
@@ -35,21 +38,38 @@ def pac_bayes_budget(kl: float | torch.Tensor, n: int, delta: float):
     return (kl + math.log(2 * math.sqrt(n) / delta)) / n
 
 
-def sample_convergence_bound(err_hat: float, m: int, delta_prime: float) -> float:
-    """Upper bound on L_S(Q) from the mean 0-1 error ``err_hat`` of m predictors drawn from Q, holding with
-    probability >= 1 - delta' over the draws: kl^-1(err_hat, ln(2 / delta') / m) (Langford & Caruana 2001)."""
-    if m < 1:
+def draw_layout(n: int, draw_batch: int) -> tuple[int, float]:
+    """(T, c) of n examples split in order into batches of b = min(``draw_batch``, n), each with its own
+    predictor: T = ceil(n / b) batches a pass (the last one short unless b divides n) and c = n / (T b) <= 1,
+    the mean share of a batch that holds examples."""
+    if n < 1 or draw_batch < 1:
+        raise GenboundError(f"cannot split {n} examples into batches of {draw_batch}")
+    size = min(draw_batch, n)
+    batches = -(-n // size)
+    return batches, n / (batches * size)
+
+
+def sample_convergence_bound(err_hat: float, units: int, delta_prime: float, fill: float = 1.0) -> float:
+    """Upper bound on L_S(Q), holding with probability >= 1 - delta' over the draws, from the mean 0-1 error
+    ``err_hat`` of predictors drawn from Q: kl^-1(c err_hat, ln(2 / delta') / K) / c, clamped to 1, with K =
+    ``units`` independent draws, each counting its errors on one batch divided by the full batch size, and c =
+    ``fill`` the share of the K batches' places that hold examples (``draw_layout``). One predictor a pass over
+    the examples: K = m, c = 1, the bound of Langford & Caruana (2001)."""
+    if units < 1:
         raise GenboundError("the sample convergence bound needs at least one sampled predictor")
     if not 0 < delta_prime < 1:
         raise GenboundError(f"delta' must lie in (0, 1), got {delta_prime}")
-    return kl_inverse(err_hat, math.log(2 / delta_prime) / m)
+    if not 0 < fill <= 1:
+        raise GenboundError(f"the batches' fill must lie in (0, 1], got {fill}")
+    return min(1.0, kl_inverse(fill * err_hat, math.log(2 / delta_prime) / units) / fill)
 
 
-def certificate(err_hat: float, m: int, kl: float, n: int, delta: float, delta_prime: float) -> dict:
+def certificate(err_hat: float, units: int, kl: float, n: int, delta: float, delta_prime: float,
+                fill: float = 1.0) -> dict:
     """The final certificate on the stochastic predictor's error, at confidence 1 - delta - delta':
-    kl^-1( kl^-1(err_hat, ln(2/delta')/m), (KL + ln(2 sqrt(n)/delta)) / n ). ``delta`` and ``delta_prime``
-    are the shares of one posterior (already divided by the number of priors tried)."""
-    train_bound = sample_convergence_bound(err_hat, m, delta_prime)
+    kl^-1( sample_convergence_bound(err_hat, K, delta', c), (KL + ln(2 sqrt(n)/delta)) / n ). ``delta`` and
+    ``delta_prime`` are the shares of one posterior (already divided by the number of priors tried)."""
+    train_bound = sample_convergence_bound(err_hat, units, delta_prime, fill)
     budget = pac_bayes_budget(kl, n, delta)
     return {"train_err_bound": train_bound, "budget": budget, "certificate": kl_inverse(train_bound, budget)}
 
@@ -123,5 +143,5 @@ def objective(name: str, loss: torch.Tensor, kl: torch.Tensor, n: int, delta: fl
     raise GenboundError(f"--objective {name}: choose from {', '.join(OBJECTIVES)}")
 
 
-__all__ = ["OBJECTIVES", "bounded_ce", "certificate", "gaussian_kl", "kl_bernoulli", "kl_inverse", "kl_inverse_t",
-           "objective", "pac_bayes_budget", "sample_convergence_bound", "union_deltas"]
+__all__ = ["OBJECTIVES", "bounded_ce", "certificate", "draw_layout", "gaussian_kl", "kl_bernoulli", "kl_inverse",
+           "kl_inverse_t", "objective", "pac_bayes_budget", "sample_convergence_bound", "union_deltas"]

@@ -47,8 +47,12 @@ def test_certificate_recomputed_from_its_json(loaded):
     assert r["numbers"] == sum(p.numel() for p in loaded.model.parameters())  # full: every weight is in Q
     assert r["priors_tried"] == 2 and r["delta_each"] == 0.025 / 2 and r["delta_prime_each"] == 0.01 / 2
     assert r["confidence"] == pytest.approx(1 - 0.025 - 0.01)
+    # a predictor a batch of 32: 400 examples are 13 batches a pass, 12 full and one of 16 (416 places, 400 filled)
+    assert r["draw_batch"] == 32 and r["sample_units"] == r["samples"] * 13
+    units, fill = r["samples"] * 13, 400 / 416
     for t in r["tried"]:  # each tried posterior, recomputed with scipy from its own numbers
-        stage1 = kl_inverse_brentq(t["stochastic_train_err"], math.log(2 / r["delta_prime_each"]) / r["samples"])
+        stage1 = min(1.0, kl_inverse_brentq(fill * t["stochastic_train_err"],
+                                            math.log(2 / r["delta_prime_each"]) / units) / fill)
         budget = (t["kl"] + math.log(2 * math.sqrt(r["n"]) / r["delta_each"])) / r["n"]
         assert t["train_err_bound"] == pytest.approx(stage1, abs=1e-9)
         assert t["certificate"] == pytest.approx(kl_inverse_brentq(stage1, budget), abs=1e-9)
@@ -65,6 +69,15 @@ def test_certificate_recomputed_from_its_json(loaded):
     assert res.data["tried"] == r["tried"]
     other = genbound.analyse(loaded, "certify", **{**FAST, "seed": 1}).data
     assert other["tried"] != r["tried"]
+
+
+def test_one_draw_a_pass_is_the_per_pass_bound(loaded):
+    """--draw-batch at least n: one predictor a pass, K = m units, c = 1, the bound of Langford & Caruana with m."""
+    r = genbound.analyse(loaded, "certify", **{**FAST, "sigma_prior": [0.01], "draw_batch": 400}).data
+    assert r["sample_units"] == r["samples"] == 8 and r["draw_fill"] == 1.0
+    t = r["tried"][0]
+    assert t["train_err_bound"] == pytest.approx(
+        kl_inverse_brentq(t["stochastic_train_err"], math.log(2 / 0.01) / 8), abs=1e-9)
 
 
 def test_kl_is_the_gaussian_kl_of_the_posterior_it_reports(loaded):
@@ -142,12 +155,13 @@ def test_command_line_and_bad_options(ckpt, tmp_path, capsys):
             "--quiet", "--json", str(out)]
     assert main(args) == 0
     r = json.loads(out.read_text())
-    assert r["schema"] == "genbound.certify/1" and r["options"]["sigma_prior"] == [0.02]
+    assert r["schema"] == "genbound.certify/1" and r["options"]["sigma_prior"] == [0.02] and r["draw_batch"] == 32
     assert "certified test error of the stochastic predictor" in capsys.readouterr().out
     for bad, words in ((["--prior", "posterior"], "--prior posterior"), (["--prior-fraction", "1"], "prior-fraction"),
                        (["--delta", "0.6", "--delta-prime", "0.5"], "no confidence"),
                        (["--sigma-prior", "0.01", "0.01"], "twice"), (["--objective", "mse"], "--objective"),
-                       (["--kind", "occam"], "--kind"), (["--samples", "0"], "--samples")):
+                       (["--kind", "occam"], "--kind"), (["--samples", "0"], "--samples"),
+                       (["--draw-batch", "0"], "--draw-batch")):
         assert main([*args[:3], *bad, "--quiet"]) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and words in err[0], err

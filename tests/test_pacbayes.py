@@ -131,3 +131,101 @@ def test_certificate_and_the_union_bound_split():
     # more priors tried costs: the certificate with J = 5 is above the one with J = 1
     assert got["certificate"] > pacbayes.certificate(err, m, kl, n, 0.025, 0.01)["certificate"]
     assert np.isfinite(got["certificate"]) and err < got["certificate"] < 1
+
+
+# ---- predictors drawn a batch at a time (certify --draw-batch) ------------------------------------------------
+def test_batch_draws_with_full_batches_are_the_bound_with_k_units():
+    """b divides n (c = 1): the bound over K = m n / b batch draws is the per-pass bound with K in place of m:
+    brentq's kl^-1 at ln(2/delta') / K, above the Clopper-Pearson limit of K Bernoulli units (the worst case of
+    [0, 1] units) and within 0.5 / sqrt(K) of it."""
+    dp = 0.01
+    assert pacbayes.draw_layout(100, 32) == (4, 100 / 128) and pacbayes.draw_layout(96, 32) == (3, 1.0)
+    assert pacbayes.draw_layout(10, 50) == (1, 1.0)  # a batch above n is one predictor a pass
+    for n, b, m in ((1000, 10, 30), (4096, 32, 5), (64, 64, 300)):
+        batches, fill = pacbayes.draw_layout(n, b)
+        assert (batches, fill) == (n // b, 1.0)
+        units = m * batches
+        for k in {0, 1, units // 20, units // 4, units - 1}:
+            got = pacbayes.sample_convergence_bound(k / units, units, dp, fill)
+            assert got == pytest.approx(kl_inverse_brentq(k / units, math.log(2 / dp) / units), abs=1e-9)
+            cp = float(stats.beta.ppf(1 - dp, k + 1, units - k))
+            assert cp - 1e-12 <= got < cp + 0.5 / math.sqrt(units), (n, b, m, k)
+    for bad in ((0.1, 0, 0.01, 1.0), (0.1, 10, 0.01, 0.0), (0.1, 10, 0.01, 1.5)):
+        with pytest.raises(GenboundError):
+            pacbayes.sample_convergence_bound(*bad)
+
+
+def _batch_rates(n: int, b: int, rates: list[float]) -> np.ndarray:
+    """(T, b) error probabilities of the examples in batch order, one rate a batch, 0 in the unfilled places."""
+    t, _ = pacbayes.draw_layout(n, b)
+    p = np.zeros(t * b)
+    p[:n] = np.repeat(rates, b)[:n]
+    return p.reshape(t, b)
+
+
+def test_batch_draws_cover_unequal_units_and_beat_one_draw_a_pass():
+    """Simulated draws (seeded numpy): batches of unequal error rates with a short last batch (c < 1), the
+    examples of a batch sharing one predictor (all wrong or all right together: the units are as spread as
+    [0, 1] variables get). The bound must lie at or above the true L_S in all but delta'/2 of the trials (the
+    two-sided ln(2/delta') leaves delta'/2 to the upper side; 3 binomial standard errors of slack), lie below
+    the bound from one draw a pass (m units) on average, and the test must be able to fail: counting the
+    m n examples as independent units (they are not: a batch shares its predictor) misses far more often."""
+    rng = np.random.default_rng(0)
+    dp, trials = 0.2, 2000
+    for n, b, m, rates in ((50, 16, 6, [0.1, 0.5, 0.3, 0.9]), (100, 32, 20, [0.1, 0.2, 0.15, 0.8]),
+                           (40, 16, 30, [0.05, 0.6, 0.2])):
+        t, fill = pacbayes.draw_layout(n, b)
+        assert fill < 1
+        p = _batch_rates(n, b, rates)
+        truth = p.sum() / n
+        shared = rng.random((trials, m, t, 1))  # one uniform a drawn predictor: it errs where shared < p
+        err = (shared < p).sum((1, 2, 3)) / (m * n)
+        ours = np.array([pacbayes.sample_convergence_bound(e, m * t, dp, fill) for e in err])
+        per_pass = np.array([pacbayes.sample_convergence_bound(e, m, dp) for e in err])
+        examples = np.array([pacbayes.sample_convergence_bound(e, m * n, dp) for e in err])
+        limit = dp / 2 + 3 * math.sqrt(dp / 2 * (1 - dp / 2) / trials)
+        assert np.mean(ours < truth) <= limit, (n, b, m)
+        assert ours.mean() < per_pass.mean()
+        assert np.mean(examples < truth) > dp, (n, b, m)
+
+
+def test_short_last_batch_bound_holds_exactly():
+    """c < 1, against an exact (dense) oracle: Q a finite mixture of predictors (each a 0-1 error pattern over
+    the n examples, with weights), the layout with a short last batch. Each batch draw's error count then has an
+    exact distribution (a predictor picked by weight, its errors in that batch counted), the draws are
+    independent, so the total count over the m passes is the convolution of those distributions, exactly; the
+    probability that the bound falls below L_S(Q) = sum_h w_h err_h is summed over it. It must be <= delta'/2
+    (the upper side of the two-sided ln(2/delta')). Dropping the division by c, or counting examples as units,
+    must fail for some of these Q (the oracle can tell)."""
+    rng = np.random.default_rng(1)
+    dp = 0.1
+    wrong_c, wrong_units = 0.0, 0.0
+    for n, b, m in ((5, 2, 200), (7, 3, 60), (11, 4, 40)):
+        t, fill = pacbayes.draw_layout(n, b)
+        assert fill < 1
+        rates = np.arange(m * n + 1) / (m * n)  # every possible mean error of the m passes
+        ours = np.array([pacbayes.sample_convergence_bound(e, m * t, dp, fill) for e in rates])
+        no_c = np.array([pacbayes.kl_inverse(fill * e, math.log(2 / dp) / (m * t)) for e in rates])
+        examples = np.array([pacbayes.sample_convergence_bound(e, m * n, dp) for e in rates])
+        for trial in range(12):
+            h = 2 + trial % 3
+            if trial % 3 == 0:  # the predictors' errors only in the short last batch
+                patterns = np.zeros((h, n), dtype=int)
+                patterns[:, (t - 1) * b:] = rng.random((h, 1)) < 0.7
+            elif trial % 3 == 1:  # each predictor wrong everywhere or nowhere: a batch errs all at once
+                patterns = np.repeat(np.arange(h)[:, None] % 2, n, axis=1)
+            else:
+                patterns = (rng.random((h, n)) < rng.uniform(0.05, 0.9)).astype(int)
+            w = rng.dirichlet(np.ones(h))
+            truth = float(w @ patterns.mean(1))
+            total = np.array([1.0])
+            for lo in range(0, n, b):  # one batch: P(count = k) = sum of w over the predictors with k errors there
+                batch = patterns[:, lo:lo + b]
+                dist = np.bincount(batch.sum(1), weights=w, minlength=batch.shape[1] + 1)
+                for _ in range(m):
+                    total = np.convolve(total, dist)
+            assert len(total) == m * n + 1 and total.sum() == pytest.approx(1.0)
+            assert float(total[ours < truth].sum()) <= dp / 2, (n, b, m, trial)
+            wrong_c = max(wrong_c, float(total[no_c < truth].sum()))
+            wrong_units = max(wrong_units, float(total[examples < truth].sum()))
+    assert wrong_c > dp / 2 and wrong_units > dp / 2, (wrong_c, wrong_units)
