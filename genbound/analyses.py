@@ -54,7 +54,8 @@ register(Analysis("landscape", "genbound.landscape", "1-D and 2-D loss slices wi
                                                      "directions, batched"))
 register(Analysis("spectrum", "genbound.spectra", "singular values of the learned updates and intruder dimensions"))
 register(Analysis("certify", "genbound.certify", "PAC-Bayes certificate on the 0-1 error of a Gaussian posterior "
-                                                 "around the checkpoint"))
+                                                 "over the trained numbers (centred at the checkpoint or, with a "
+                                                 "data prior, at the prior's mean)"))
 
 
 def execute(loaded, name: str, options, progress: bool = False, ranks=None):

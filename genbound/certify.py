@@ -336,7 +336,9 @@ class Result(result.Result):
     SCHEMA = SCHEMA
     MEASURES = {
         "pac_bayes_certificate": (lambda a: a["certificate"], "PAC-Bayes certificate on the test error of the "
-                                                              "stochastic predictor around the checkpoint"),
+                                                              "stochastic predictor (Q: at the checkpoint with "
+                                                              "the init prior, at the prior's mean with a data "
+                                                              "prior)"),
         "pac_bayes_kl_over_n": (lambda a: a["kl"] / a["n"], "KL(Q||P) / n of the certified posterior"),
     }
 

@@ -135,7 +135,7 @@ def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None):
     from . import distributed
     from .checkpoint import load
 
-    if ranks is not None and ranks.active:
+    if distributed.spread(ranks):
         outcome = None
         if ranks.main:
             try:

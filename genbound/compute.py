@@ -14,7 +14,7 @@ from torch import nn
 from . import bounds, result
 from .build import Built, parameter_counts
 from .checkpoint import Loaded, problem_of
-from .distributed import all_gather_objects
+from .distributed import all_gather_objects, spread
 from .errors import CheckpointError, GenboundError
 from .options import opt
 from .layers import AdapterLinear, weight_matrix
@@ -242,7 +242,7 @@ def compute(loaded: Loaded, opts: ComputeOptions, ranks=None) -> dict:
     m["test"], outs["test"] = measured(model, "test")
     scores = {s: task_metrics(task, outs[s], ys[s]) for s in ("train", "test")}
     C, c_source = ((mlp_input_radius(inputs), "max ||[x; 1]||_2 over train and test inputs") if mlp else
-                   (max(all_gather_objects(token_norm[0]) if ranks is not None and ranks.active else token_norm),
+                   (max(all_gather_objects(token_norm[0]) if spread(ranks) else token_norm),
                     "max token norm of the embedding output over the training split"))
     agrees = matches_manifest(m["test"], scores["test"], man["metrics"], reg, len(task.test))
     if not agrees and not loaded.other_data:

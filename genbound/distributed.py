@@ -89,6 +89,11 @@ def init(device: torch.device | None = None, timeout: timedelta = timedelta(minu
 _WAIT_GROUP = None
 
 
+def _joined() -> bool:
+    """This process is in a process group of more than one."""
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _wait_group():
     """A gloo group with a long timeout, for barriers that wait on whole runs (created on first use)."""
     global _WAIT_GROUP
@@ -99,20 +104,20 @@ def _wait_group():
 
 def barrier(long: bool = False) -> None:
     """Wait for every rank (``long``: over the gloo group that tolerates days between arrivals)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if _joined():
         dist.barrier(group=_wait_group() if long else None)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over ranks in place (and return it); unchanged for a world of one."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if _joined():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def all_gather_objects(obj) -> list:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` for a world of one."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not _joined():
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -122,14 +127,14 @@ def all_gather_objects(obj) -> list:
 def all_gather_rows(parts: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Every rank's tensors ``parts`` (through the CPU), in rank order then in their order, on ``device``;
     ``parts`` itself for a world of one. Ranks may hold different counts (none too)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not _joined():
         return parts
     return [t.to(device) for ranks in all_gather_objects([t.detach().cpu() for t in parts]) for t in ranks]
 
 
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s ``obj`` on every rank."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not _joined():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -141,6 +146,20 @@ def share(n: int, ctx: Context) -> range:
     base, extra = divmod(n, ctx.world)
     lo = ctx.rank * base + min(ctx.rank, extra)
     return range(lo, lo + base + (1 if ctx.rank < extra else 0))
+
+
+def spread(ranks: Context | None) -> bool:
+    """``ranks`` asks a computation to split over several processes (None or a world of one: it runs whole)."""
+    return ranks is not None and ranks.active
+
+
+def mine(seq, ranks: Context | None):
+    """This rank's contiguous share of ``seq`` (a range, list or tensor; ``share``), or all of it when the
+    computation is not spread over processes."""
+    if not spread(ranks):
+        return seq
+    part = share(len(seq), ranks)
+    return seq[part.start:part.stop]
 
 
 def finish() -> None:

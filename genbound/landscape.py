@@ -55,7 +55,7 @@ from torch.func import vmap
 
 from . import result
 from .checkpoint import TRAJECTORY, Loaded, read_manifest, verify_file
-from .distributed import all_gather_objects, all_reduce_sum, share
+from .distributed import all_gather_objects, all_reduce_sum, mine, spread
 from .errors import CheckpointError, GenboundError
 from .options import opt
 from .layers import adapter_layers, shallow_clone
@@ -364,11 +364,7 @@ def evaluate_points(space: Space, dirs: list[dict], coefs: torch.Tensor, data: E
     def one(params, batch, y):
         return _per_example(space.model, params, batch, y)
 
-    starts = range(0, len(coefs), chunk)
-    if ranks is not None and ranks.active:
-        mine = share(len(starts), ranks)
-        starts = starts[mine.start:mine.stop]
-    for lo in starts:
+    for lo in mine(range(0, len(coefs), chunk), ranks):
         part = coefs[lo:lo + chunk]
         stacked = point_params(space.base, dirs, part)  # once per chunk, not per batch
         for batch, y in batches:
@@ -389,7 +385,7 @@ def evaluate_points(space: Space, dirs: list[dict], coefs: torch.Tensor, data: E
                                                           for i in range(len(part)))))
             loss[lo:lo + len(part)] += ce.double().sum(1)
             correct[lo:lo + len(part)] += ok.sum(1)
-    if ranks is not None and ranks.active:
+    if spread(ranks):
         all_reduce_sum(loss)
         all_reduce_sum(correct)
         info = merged_info(all_gather_objects(info))

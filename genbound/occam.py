@@ -18,7 +18,7 @@ from . import bounds, compress
 from .build import Built, adapter_state, assign_state
 from .checkpoint import Loaded
 from .compress import encode, quantize
-from .distributed import broadcast_object
+from .distributed import broadcast_object, spread
 from .layers import next_link
 from .subspace import Subspace, replay
 from .runtime import batch_of, logits_with, losses, predict, task_loss
@@ -216,7 +216,7 @@ def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts, ranks
             start = coded.deltas
             if opts.qat_steps:
                 start = coded.fine_tune(bits, scheme, inputs["train"], ys["train"], opts)
-                if ranks is not None and ranks.active:
+                if spread(ranks):
                     start = broadcast_object(start)
             code = encode(start, bits, scheme)
             coded.install(code.quantized)

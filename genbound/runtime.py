@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .distributed import all_gather_rows, share
+from .distributed import all_gather_rows, mine, spread
 from .errors import TrainingError
 from .metrics import FUNCTIONS
 
@@ -73,14 +73,11 @@ def predict(model: nn.Module, inputs: dict, n: int, batch_size: int = 256, ranks
     was_training = model.training
     model.eval()
     device = next(iter(inputs.values())).device
-    starts = range(0, n, batch_size)
-    if ranks is not None and ranks.active:
-        mine = share(len(starts), ranks)
-        starts = starts[mine.start:mine.stop]
+    starts = mine(range(0, n, batch_size), ranks)
     out = [logits(model, batch_of(inputs, torch.arange(lo, min(lo + batch_size, n), device=device))).float()
            for lo in starts]
     model.train(was_training)
-    return torch.cat(all_gather_rows(out, device) if ranks is not None and ranks.active else out)
+    return torch.cat(all_gather_rows(out, device) if spread(ranks) else out)
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor, problem: str = "classification",

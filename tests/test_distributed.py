@@ -51,3 +51,13 @@ def test_collectives_over_two_gloo_processes():
     assert all(o[2] == [3.0, 4.0] for o in out)  # 1 + 2, 2 + 2
     assert all(o[3] == [{"r": 0}, {"r": 1}] for o in out)
     assert all(o[4] == "from 0" for o in out)
+
+
+def test_mine_is_this_ranks_share_and_everything_without_ranks():
+    seq = torch.arange(11)
+    parts = [distributed.mine(seq, distributed.Context(r, 3, r)) for r in range(3)]
+    assert torch.equal(torch.cat(parts), seq) and [len(p) for p in parts] == [4, 4, 3]
+    assert distributed.mine(range(5), None) == range(5)
+    assert distributed.mine(range(5), distributed.Context()) == range(5)  # a world of one runs whole
+    assert not distributed.spread(None) and not distributed.spread(distributed.Context())
+    assert distributed.spread(distributed.Context(1, 2, 1))

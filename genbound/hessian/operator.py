@@ -42,7 +42,7 @@ from torch import nn
 
 from ..build import Built
 from ..checkpoint import Loaded
-from ..distributed import all_gather_objects, all_reduce_sum, share
+from ..distributed import all_gather_objects, all_reduce_sum, mine, spread
 from ..errors import GenboundError
 from ..layers import link_tensors, merged_model
 from ..runtime import batch_of, generator, logits_with, problem_of_targets, task_loss
@@ -136,9 +136,7 @@ def training_batches(loaded: Loaded, samples: int, batch: int, seed: int, dtype:
         raise GenboundError(f"--batch must be a positive number of examples; got {batch}")
     train = loaded.task.train
     idx = subsample_indices(len(train), samples, seed, repeat)
-    if ranks is not None and ranks.active:
-        mine = share(len(idx), ranks)
-        idx = idx[mine.start:mine.stop]
+    idx = mine(idx, ranks)
     enc = loaded.built.backbone.encode(train.take(idx))
     enc = {k: (v.to(dtype) if v.is_floating_point() else v).to(loaded.device) for k, v in enc.items()}
     y = train.y[idx].to(loaded.device)
@@ -175,7 +173,7 @@ class HessianOperator:
                  hvp: str = "auto", probe_batch: int = 8, cache_graphs: bool = False, ranks=None):
         if hvp not in HVP_MODES:
             raise GenboundError(f"--hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
-        self.ranks = ranks if ranks is not None and ranks.active else None
+        self.ranks = ranks if spread(ranks) else None
         counts = [(sum(len(b) for b in batches), problem_of_targets(batches[0].y) if batches else None)]
         if self.ranks is not None:  # a rank may hold no example (fewer examples than ranks)
             counts = all_gather_objects(counts[0])
