@@ -106,6 +106,7 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=512, help="training examples of every run")
     p.add_argument("--batch", type=int, default=32, help="global batch of the training runs")
     p.add_argument("--study-runs", type=int, default=4, help="runs of the fixed study (methods x seeds)")
+    p.add_argument("--hessian-params", default="trainable", help="the Hessian's parameter set (all: the whole model)")
     p.add_argument("--work", default="runs/scale_out")
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -134,6 +135,7 @@ def main() -> None:
             "study": (["study", str(study), "--device", a.device, "--quiet"],
                       lambda t=tag: study_numbers(work / f"runs-{t}")),
             "hessian": (["hessian", "--ckpt", str(ck), "--top-k", "5", "--trace", "--samples", str(a.samples),
+                         "--params", a.hessian_params,
                          "--device", a.device, "--quiet", "--json", str(work / f"hessian-{tag}.json")],
                         lambda t=tag: numbers(json.loads((work / f"hessian-{t}.json").read_text()))),
             "landscape": (["landscape", "--ckpt", str(ck), "--grid", "21", "--samples", str(a.samples),
@@ -162,12 +164,14 @@ def main() -> None:
     env_info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                 "device": torch.cuda.get_device_name(0) if a.device == "cuda" else platform.processor() or "cpu",
                 "gpus": torch.cuda.device_count() if a.device == "cuda" else 0}
-    setup = {k: getattr(a, k) for k in ("model", "data", "samples", "n_train", "batch", "study_runs", "device")}
+    setup = {k: getattr(a, k) for k in ("model", "data", "samples", "n_train", "batch", "study_runs", "hessian_params",
+                                       "device")}
     out.with_suffix(".json").write_text(json.dumps({"setup": setup, "environment": env_info, "rows": rows}, indent=1))
     lines = [f"# Scale-out on {a.device} ({env_info['device']}, {env_info['cpus']} CPUs"
              + (f", {env_info['gpus']} GPUs" if a.device == "cuda" else "") + ")", "",
              f"`python benchmarks/scale_out.py --procs {' '.join(map(str, procs))} --device {a.device} --model "
-             f"{a.model} --data {a.data} --samples {a.samples} --n-train {a.n_train} --study-runs {a.study_runs}`"
+             f"{a.model} --data {a.data} --samples {a.samples} --n-train {a.n_train} --study-runs {a.study_runs} "
+             f"--hessian-params {a.hessian_params}`"
              ": each workload launched by torchrun, wall time from launch to exit (start-up included); speed-up = "
              "one process's time / N processes' time, measured in the same call; efficiency = speed-up / N; the "
              "last column compares every number of the N-process result with one process's.", "",
