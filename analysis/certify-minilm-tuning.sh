@@ -6,7 +6,7 @@
 # Results: $OUT/<method>-<variant>.json and .txt, and $OUT/tuning.txt (one line per certificate beside the run's
 # unconstrained test accuracy). Resumable on a warm machine: a finished step is skipped.
 #   METHODS="lora" VARIANTS="half6 half12 p80" OUT=$OUT/certify bash analysis/certify-minilm-tuning.sh
-# Carry .carry/minilm16 and .carry/wordnet (unpacked to /tmp/wordnet here).
+# Carry .carry/minilm16 (or minilm16.tar.xz) and .carry/wordnet (unpacked here).
 set -euo pipefail
 RUNS=${RUNS:-runs/certify-minilm}
 OUT=${OUT:-reports/certificates/minilm/tuning}
@@ -18,6 +18,7 @@ VARIANTS=${VARIANTS:-half6 half12 p80 half6post}
 export GENBOUND_WORDNET_DIR=${GENBOUND_WORDNET_DIR:-/tmp/wordnet} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 [ -f "$GENBOUND_WORDNET_DIR/data.noun" ] || bash analysis/unpack-wordnet.sh "$GENBOUND_WORDNET_DIR"
+bash analysis/unpack-carry.sh  # .carry/minilm16.tar.xz, when carried packed
 mkdir -p "$RUNS" "$OUT"
 COMMON="--prior data --batch-size 32 --sigma-prior 0.001 0.003 --samples 50 --draw-batch 64 --eval-batch-size 64"
 options() {  # VARIANT -> the certify options that differ between variants

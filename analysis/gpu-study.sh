@@ -3,7 +3,7 @@
 # GPUs there; the runs not yet finished are dealt over the shards, seed 0 of every method first, so a call cut
 # short by LIMIT still leaves whole seeds. Then the report over every run whose analyses all finished, and one
 # archive under $OUT. SHARDS = the number of runs left gives each its own process.
-# Carry: .carry (minilm16 + wordnet/*.gz or *.xz) and .whl (constriction and gguf wheels for Python 3.12); for
+# Carry: .carry (minilm16, or minilm16.tar.xz when a call is short of room, + wordnet/*.gz or *.xz) and .whl (constriction and gguf wheels for Python 3.12); for
 # vit-fashion .carry/fashion-mnist (the four idx .gz files); for smollm2-wordnet SmolLM2's GGUF as
 # .carry/smollm2/gguf.part0, part1 (split -b 49M; one part per warm call, the run in the last) and
 # .carry/smollm2-sha256 (sha256sum of the whole file), joined and checked here.
@@ -20,6 +20,7 @@ export GENBOUND_WORDNET_DIR=/tmp/wordnet PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 mkdir -p "$GENBOUND_WORDNET_DIR" "$OUT" runs/logs
 rm -f runs/logs/shard-*.log  # logs of an earlier call on a warm machine would read as this one's
 bash analysis/unpack-wordnet.sh "$GENBOUND_WORDNET_DIR"
+bash analysis/unpack-carry.sh  # e.g. .carry/minilm16.tar.xz
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
