@@ -59,7 +59,7 @@ from .distributed import all_gather_objects, all_reduce_sum, mine, spread
 from .errors import CheckpointError, GenboundError
 from .options import opt
 from .layers import adapter_layers, shallow_clone
-from .runtime import batch_of, generator, logits, logits_with, problem_of_targets, task_loss
+from .runtime import batch_of, generator, length_order, logits, logits_with, problem_of_targets, task_loss
 
 SCHEMA = "genbound.landscape/1"
 SPACES, DIRS = ("trainable", "delta", "all"), ("random", "pca")
@@ -307,9 +307,8 @@ def eval_subset(loaded: Loaded, split: str, samples: int, seed: int) -> EvalData
         raise GenboundError(f"the checkpoint's {split} split is empty")
     idx = torch.randperm(len(data), generator=generator(seed, "landscape-subset"))[:samples].sort().values
     enc = loaded.built.backbone.encode(data.take(idx))
-    order = torch.arange(len(idx))
-    if "attention_mask" in enc:
-        order = torch.sort(enc["attention_mask"].sum(1), stable=True).indices
+    order = length_order(enc)
+    order = torch.arange(len(idx)) if order is None else order
     dev = loaded.device
     return EvalData({k: v[order].to(dev) for k, v in enc.items()}, data.y[idx][order].to(dev), idx[order].tolist())
 

@@ -65,19 +65,34 @@ def logits_with(model: nn.Module, tensors: dict[str, torch.Tensor], batch: dict[
     return _logits_of_output(functional_call(model, tensors, args=(), kwargs=batch, strict=strict))
 
 
+def length_order(inputs: dict, n: int | None = None) -> torch.Tensor | None:
+    """The first ``n`` rows (all by default) in a stable order of their token counts, on the inputs' device, so
+    that batches of neighbours in it pad little (WordNet glosses under a batch of 256 in data order: 3.7 times
+    the real tokens; sorted: 1.07); None for inputs without an attention mask (images, vectors)."""
+    mask = inputs.get("attention_mask")
+    return None if mask is None else torch.sort(mask[:n].sum(1), stable=True).indices
+
+
 @torch.no_grad()
 def predict(model: nn.Module, inputs: dict, n: int, batch_size: int = 256, ranks=None) -> torch.Tensor:
-    """Float32 logits of the first ``n`` examples, in eval mode (the model's mode is restored). With ``ranks``
-    (a ``distributed.Context`` of several processes) each rank runs its share of the same batches one process
-    runs, and every rank gets all the logits, in order: the numbers of one process, exactly."""
+    """Float32 logits of the first ``n`` examples, in eval mode (the model's mode is restored); texts run in
+    batches of similar length (``length_order``) and come back in their own order. With ``ranks`` (a
+    ``distributed.Context`` of several processes) each rank runs its share of the same batches one process runs,
+    and every rank gets all the logits, in order: the numbers of one process, exactly."""
     was_training = model.training
     model.eval()
     device = next(iter(inputs.values())).device
+    order = length_order(inputs, n)
+    rows = torch.arange(n, device=device) if order is None else order
     starts = mine(range(0, n, batch_size), ranks)
-    out = [logits(model, batch_of(inputs, torch.arange(lo, min(lo + batch_size, n), device=device))).float()
-           for lo in starts]
+    out = [logits(model, batch_of(inputs, rows[lo:lo + batch_size])).float() for lo in starts]
     model.train(was_training)
-    return torch.cat(all_gather_rows(out, device) if spread(ranks) else out)
+    out = torch.cat(all_gather_rows(out, device) if spread(ranks) else out)
+    if order is None:
+        return out
+    back = torch.empty_like(out)
+    back[order] = out
+    return back
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor, problem: str = "classification",

@@ -15,7 +15,7 @@ from genbound.cli import main
 from genbound.data import Split, load_task
 from genbound.errors import GenboundError
 from genbound.models import _pad_token, resolve_ref
-from genbound.runtime import logits
+from genbound.runtime import length_order, logits, predict
 
 
 def text_csv(folder: Path, n: int = 120) -> Path:
@@ -43,6 +43,25 @@ def test_a_decoder_classifies_from_its_last_token_whatever_the_padding(task):
         for i in range(6):
             alone = logits(model, built.backbone.encode(Split([texts.x[i]], texts.y[i:i + 1])))
             torch.testing.assert_close(together[i], alone[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-bert"])
+def test_predict_in_length_order_gives_each_text_its_own_logits_in_the_split_order(task, model_name):
+    """Oracle: each text alone. predict runs texts in batches of similar length (length_order) and must hand the
+    logits back in the split's order, for the first n texts only."""
+    built = build(resolve_ref(model_name), task, "lora", 2, 4.0, 1, 0)
+    model = built.model.eval()
+    words = [t + " and more" * (i % 5) for i, t in enumerate(task.test.x[:11])]
+    split = Split(words, task.test.y[:11])
+    inputs = built.backbone.encode(split)
+    order = length_order(inputs, 9)
+    assert order.tolist() != list(range(9)) and sorted(order.tolist()) == list(range(9))
+    got = predict(model, inputs, 9, batch_size=4)
+    assert got.shape[0] == 9
+    with torch.no_grad():
+        for i in range(9):
+            alone = logits(model, built.backbone.encode(Split([words[i]], split.y[i:i + 1])))
+            torch.testing.assert_close(got[i], alone[0].float(), rtol=1e-5, atol=1e-6)
 
 
 def test_a_tokenizer_without_pad_pads_with_its_end_token_and_one_without_either_is_refused():

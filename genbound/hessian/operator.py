@@ -45,7 +45,7 @@ from ..checkpoint import Loaded
 from ..distributed import all_gather_objects, all_reduce_sum, mine, spread
 from ..errors import GenboundError
 from ..layers import link_tensors, merged_model
-from ..runtime import batch_of, generator, logits_with, problem_of_targets, task_loss
+from ..runtime import batch_of, generator, length_order, logits_with, problem_of_targets, task_loss
 
 PARAM_SETS = ("trainable", "adapters", "all", "dw")
 HVP_MODES = ("auto", "forward-over-reverse", "double-backward")
@@ -130,7 +130,8 @@ def subsample_indices(n_train: int, samples: int, seed: int, repeat: int = 0) ->
 def training_batches(loaded: Loaded, samples: int, batch: int, seed: int, dtype: torch.dtype,
                      repeat: int = 0, ranks=None) -> list[Batch]:
     """The seeded subsample of the training split as batches of ``batch`` examples on the model's device.
-    Texts are tokenized once and each batch is cut to its longest sequence; float inputs are cast to dtype.
+    Texts are tokenized once, ordered by length and each batch cut to its longest sequence; float inputs are
+    cast to dtype.
     With ``ranks`` (several processes): this rank's contiguous share of the subsample, in such batches."""
     if batch <= 0:
         raise GenboundError(f"--batch must be a positive number of examples; got {batch}")
@@ -138,8 +139,12 @@ def training_batches(loaded: Loaded, samples: int, batch: int, seed: int, dtype:
     idx = subsample_indices(len(train), samples, seed, repeat)
     idx = mine(idx, ranks)
     enc = loaded.built.backbone.encode(train.take(idx))
+    y = train.y[idx]
+    order = length_order(enc)  # texts in batches of similar length: the mean over the sample is the same
+    if order is not None:
+        enc, y = {k: v[order] for k, v in enc.items()}, y[order]
     enc = {k: (v.to(dtype) if v.is_floating_point() else v).to(loaded.device) for k, v in enc.items()}
-    y = train.y[idx].to(loaded.device)
+    y = y.to(loaded.device)
     out = []
     for lo in range(0, len(idx), batch):
         rows = torch.arange(lo, min(lo + batch, len(idx)), device=loaded.device)
