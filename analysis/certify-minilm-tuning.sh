@@ -5,7 +5,7 @@
 # certified (`genbound certify`, data-dependent prior) with every setting in VARIANTS below, in parallel processes.
 # Results: $OUT/<method>-<variant>.json and .txt, and $OUT/tuning.txt (one line per certificate beside the run's
 # unconstrained test accuracy). Resumable on a warm machine: a finished step is skipped.
-#   METHODS="lora" VARIANTS="half6 half12 p80" OUT=$OUT/certify bash analysis/certify-minilm-tuning.sh
+#   METHODS="lora" VARIANTS="half6 half12 p80" OUT=runs/tuning ARCHIVE=$OUT/tuning.tgz bash analysis/certify-minilm-tuning.sh
 # Carry .carry/minilm16 (or minilm16.tar.xz) and .carry/wordnet (unpacked here).
 set -euo pipefail
 RUNS=${RUNS:-runs/certify-minilm}
@@ -63,3 +63,5 @@ for m in methods:
         print(f"{m} | {v} | {acc:.4f} | {c['certificate']:.4f} | {c['stochastic_test_err']:.4f} | "
               f"{c['mean_test_err']:.4f} | {c['n']} | {c['kl']:.3g}")
 PY
+# The device tool returns few files per call: ARCHIVE=$OUT/certify-tuning.tgz packs the results into one.
+[ -z "${ARCHIVE:-}" ] || tar czf "$ARCHIVE" -C "$(dirname "$OUT")" "$(basename "$OUT")"
