@@ -21,17 +21,18 @@ it runs too (a smoke test with small --samples; --threads to pin torch's threads
 
 Top-k mode (--topk K > 1, --trace or --block B):
 
-    python benchmarks/hessian_speed.py --ckpt runs/minilm-lora --params all --samples 8000 --batch 250 \
-        --topk 5 --trace --block 8 --probe-batch 8 [--genbound-tols ...] [--pyhessian-tols ...]
+    python benchmarks/hessian_speed.py --ckpt runs/minilm-lora --params all --samples 8000 --batch 250 \\
+        --topk 5 --trace --block 8 --probe-batch 8 [--genbound-tols ...] [--pyhessian-tols ...] [--autocast]
 
 genbound's block Lanczos (which="magnitude", --block vectors per data pass) then, with --trace, Hutch++
 (--trace-probes HVPs) against PyHessian's eigenvalues(top_n=K) then trace() (its own stopping rule,
 --pyhessian-trace-iter and --pyhessian-trace-tol); the reference is the K largest-magnitude eigenvalues
-from block Lanczos at --ref-tol. A setting reaches the target when every run's relative error on EACH of
-the K eigenvalues is <= --accuracy; the ratios (wall time and data passes, eigenvalues alone and with the
-trace) compare each tool's loosest tol that reaches it. A data pass is one sweep over the subsample's
-batches (genbound: up to --probe-batch vectors; PyHessian: one vector). The traces are stochastic: the
-table gives each one's standard error beside it. Writes hessian_speed_top<K>_<params>.json/.md (or --name).
+from float32 block Lanczos at --ref-tol. A setting reaches the target when every run's relative error on
+EACH of the K eigenvalues is <= --accuracy (--autocast: genbound's HVPs in bf16); the ratios (wall time and
+data passes, eigenvalues alone and with the trace) compare each tool's loosest tol that reaches it. A data
+pass is one sweep over the subsample's batches (genbound: up to --probe-batch vectors; PyHessian: one
+vector). The traces are stochastic: the table gives each one's standard error beside it. Writes
+hessian_speed_top<K>_<params>.json/.md (or --name).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def main() -> None:
     ap.add_argument("--pyhessian-trace-iter", type=int, default=100, help="top-k mode: PyHessian trace() maxIter")
     ap.add_argument("--pyhessian-trace-tol", type=float, default=1e-3, help="top-k mode: PyHessian trace() tol")
     ap.add_argument("--ref-tol", type=float, default=1e-6, help="top-k mode: tol of the reference block Lanczos")
+    ap.add_argument("--autocast", action="store_true",
+                    help="top-k mode: genbound's HVPs under bf16 autocast (the reference stays float32)")
     ap.add_argument("--hvp", default="auto", help="top-k mode: genbound's HVP (auto | forward-over-reverse | "
                                                   "double-backward)")
     add_output_options(ap, "hessian_speed")
@@ -259,16 +262,17 @@ def write(info: dict, out: Path, name: str) -> None:
 def topk_main(args: argparse.Namespace, device: torch.device, loaded, model, params: dict, batches: list) -> None:
     """Reference top-k (block Lanczos at --ref-tol), then each tool at each of its tols, loosest first, until
     its runs reach --accuracy on every one of the k eigenvalues (--all-tols: every tol)."""
-    make = lambda: HessianOperator(model, params, batches, args.hvp, args.probe_batch)  # noqa: E731
-    op = make()
+    make = lambda autocast=args.autocast: HessianOperator(  # noqa: E731
+        model, params, batches, args.hvp, args.probe_batch, autocast=autocast)
+    op = make(False)
     name = args.name if args.name != "hessian_speed" else f"hessian_speed_top{args.topk}_{args.params}"
     info = {"mode": "top-k", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "ckpt": str(args.ckpt), "method": loaded.manifest["method"]["name"],
             "params": args.params, "n_params": op.dim, "samples": op.n_examples, "batch": args.batch,
             "n_batches": len(batches), "top_k": args.topk, "block": args.block, "probe_batch": args.probe_batch,
-            "hvp": args.hvp, "trace": args.trace, "accuracy": args.accuracy, "seeds": args.seeds,
-            "dtype": "float32"}
-    ref, sec = wall(lambda: lanczos_block_top(make(), args.topk, args.block, max_steps=400, tol=args.ref_tol,
+            "hvp": args.hvp, "autocast": args.autocast, "trace": args.trace, "accuracy": args.accuracy,
+            "seeds": args.seeds, "dtype": "float32"}
+    ref, sec = wall(lambda: lanczos_block_top(make(False), args.topk, args.block, max_steps=400, tol=args.ref_tol,
                                               seed=12345, which="magnitude"), device)
     info["reference"] = {"eigenvalues": ref.eigenvalues, "residuals": ref.residuals, "converged": ref.converged,
                          "steps": ref.steps, "n_passes": ref.n_passes, "seconds": sec,
@@ -355,8 +359,9 @@ def write_topk(info: dict, out: Path, name: str) -> None:
              f"torch {info['torch']}", "",
              f"{info['method']}, --params {info['params']} (n = {info['n_params']:,}), {info['samples']} training "
              f"examples in {info['n_batches']} batches of {info['batch']}, float32. genbound: block Lanczos (block "
-             f"{info['block']}, {info['probe_batch']} vectors per pass, HVP {info['hvp']}); PyHessian: "
-             f"eigenvalues(top_n={info['top_k']}) and trace(). Reference: {ref['how']}: "
+             f"{info['block']}, {info['probe_batch']} vectors per pass, HVP {info['hvp']}"
+             f"{', bf16 autocast' if info['autocast'] else ''}); PyHessian: "
+             f"eigenvalues(top_n={info['top_k']}){' and trace()' if info['trace'] else ''}. Reference: {ref['how']}: "
              f"{', '.join(f'{v:.6g}' for v in ref['eigenvalues'])}. Target: relative error <= {info['accuracy']:g} "
              f"on each of the {info['top_k']} eigenvalues; medians over {info['seeds']} seeds.", "",
              "| tool | tol | passes (eig.) | passes (all) | wall eig. (s) | wall all (s) | max rel. error | "

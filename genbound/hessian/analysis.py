@@ -48,6 +48,7 @@ class HessianOptions:
     hvp: str = opt("auto", 'auto | forward-over-reverse | double-backward')
     cache_graphs: bool = opt(False, "keep every batch's gradient graph: HVPs without forward passes (needs memory)")
     dtype: str = opt("float32", 'float32 | float64')
+    autocast: bool = opt(False, 'HVPs under bf16 autocast (--dtype float32; eigenvalues ~5e-3 off: docs/theory.md)')
     probe_batch: int = opt(8, 'probe vectors per data pass (memory against speed)')
     density_probes: int = opt(5, 'SLQ probe vectors')
     density_sigma: float | None = opt(None, 'Gaussian broadening of the density (default: 1%% of the Ritz-value range)')
@@ -78,6 +79,8 @@ def check_options(opts: HessianOptions) -> None:
                             "torch.eig); use --backend genbound")
     if opts.density and opts.density_probes < 1:
         raise GenboundError(f"--density-probes must be at least 1; got {opts.density_probes}")
+    if opts.autocast and (opts.dtype != "float32" or opts.backend != "genbound"):
+        raise GenboundError("--autocast (bf16 HVPs) needs --dtype float32 and --backend genbound")
     if opts.top_k == 0 and not opts.trace and not opts.density:
         raise GenboundError("nothing to compute: ask for --top-k >= 1, --trace or --density")
 
@@ -232,7 +235,8 @@ def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = Fals
         for r in range(opts.repeats):
             seed = _repeat_seed(opts.seed, r)
             batches = training_batches(loaded, opts.samples, opts.batch, opts.seed, dtype, repeat=r, ranks=ranks)
-            op = HessianOperator(model, params, batches, opts.hvp, opts.probe_batch, opts.cache_graphs, ranks)
+            op = HessianOperator(model, params, batches, opts.hvp, opts.probe_batch, opts.cache_graphs, ranks,
+                                 opts.autocast)
             op.on_pass = lambda: bar.update(1)
             if opts.backend == "genbound":
                 est = genbound_estimates(op, opts, seed, density=opts.density and r == 0)
