@@ -18,6 +18,21 @@ wall-clock (CUDA events for the per-call costs) after warm-up, medians over --se
 same process. Writes <name>.json and <name>.md under --out after every stage,
 so a run cut short keeps what it measured (commit them to reports/performance/ when run on the GPU). On CPU
 it runs too (a smoke test with small --samples; --threads to pin torch's threads).
+
+Top-k mode (--topk K > 1, --trace or --block B):
+
+    python benchmarks/hessian_speed.py --ckpt runs/minilm-lora --params all --samples 8000 --batch 250 \\
+        --topk 5 --trace --block 8 --probe-batch 8 [--genbound-tols ...] [--pyhessian-tols ...] [--autocast]
+
+genbound's block Lanczos (which="magnitude", --block vectors per data pass) then, with --trace, Hutch++
+(--trace-probes HVPs) against PyHessian's eigenvalues(top_n=K) then trace() (its own stopping rule,
+--pyhessian-trace-iter and --pyhessian-trace-tol); the reference is the K largest-magnitude eigenvalues
+from float32 block Lanczos at --ref-tol. A setting reaches the target when every run's relative error on
+EACH of the K eigenvalues is <= --accuracy (--autocast: genbound's HVPs in bf16); the ratios (wall time and
+data passes, eigenvalues alone and with the trace) compare each tool's loosest tol that reaches it. A data
+pass is one sweep over the subsample's batches (genbound: up to --probe-batch vectors; PyHessian: one
+vector). The traces are stochastic: the table gives each one's standard error beside it. Writes
+hessian_speed_top<K>_<params>.json/.md (or --name).
 """
 
 from __future__ import annotations
@@ -32,7 +47,8 @@ import torch
 from benchlib import add_output_options, median_seconds, setup_device, wall
 
 from genbound import checkpoint
-from genbound.hessian import HessianOperator, lanczos_top, select_params, training_batches, working_model
+from genbound.hessian import (HessianOperator, hutchpp, lanczos_block_top, lanczos_top, select_params,
+                              training_batches, working_model)
 from genbound.hessian.pyhessian_backend import PyHessianRun
 
 
@@ -68,15 +84,29 @@ def main() -> None:
     ap.add_argument("--no-cache", action="store_true", help="skip the cached-graph variant (it keeps all activations)")
     ap.add_argument("--all-tols", action="store_true",
                     help="run every --pyhessian-tols value, not only up to the first that reaches the accuracy")
+    ap.add_argument("--topk", type=int, default=1,
+                    help="top-k mode when > 1 (or with --trace or --block): block Lanczos top-k (+ Hutch++) "
+                         "against PyHessian's eigenvalues(top_n=k) (+ trace()), every eigenvalue to --accuracy")
+    ap.add_argument("--trace", action="store_true", help="top-k mode: also the trace (Hutch++ against PyHessian's)")
+    ap.add_argument("--block", type=int, default=None,
+                    help="top-k mode: block size of genbound's block Lanczos (default 8; giving it selects the mode)")
+    ap.add_argument("--trace-probes", type=int, default=30, help="top-k mode: Hutch++ HVPs")
+    ap.add_argument("--pyhessian-trace-iter", type=int, default=100, help="top-k mode: PyHessian trace() maxIter")
+    ap.add_argument("--pyhessian-trace-tol", type=float, default=1e-3, help="top-k mode: PyHessian trace() tol")
+    ap.add_argument("--ref-tol", type=float, default=1e-6, help="top-k mode: tol of the reference block Lanczos")
+    ap.add_argument("--autocast", action="store_true",
+                    help="top-k mode: genbound's HVPs under bf16 autocast (the reference stays float32)")
+    ap.add_argument("--hvp", default="auto", help="top-k mode: genbound's HVP (auto | forward-over-reverse | "
+                                                  "double-backward)")
     add_output_options(ap, "hessian_speed")
     args = ap.parse_args()
     if args.genbound_tols is None:
         args.genbound_tols = [args.accuracy, args.accuracy / 10, args.accuracy / 100]
-    device = setup_device(args)
-    loaded = checkpoint.load(args.ckpt, device)
-    model = working_model(loaded.model, torch.float32)
-    params = select_params(model, loaded.built, args.params)
-    batches = training_batches(loaded, args.samples, args.batch, 0, torch.float32)
+    device, loaded, model, params, batches = setup(args)
+    if args.topk > 1 or args.trace or args.block is not None:
+        args.block = args.block or 8
+        topk_main(args, device, loaded, model, params, batches)
+        return
     variants = {"forward-over-reverse": ("forward-over-reverse", False), "double-backward": ("double-backward", False)}
     if not args.no_cache:
         variants["double-backward, cached graphs"] = ("double-backward", True)
@@ -152,6 +182,15 @@ def main() -> None:
     print(json.dumps({"ratios": info.get("ratios"), "hvp_over_grad": info["hvp_over_grad"]}))
 
 
+def setup(args: argparse.Namespace):
+    """The device, checkpoint, float32 working model, parameter set and batches of the subsample."""
+    device = setup_device(args)
+    loaded = checkpoint.load(args.ckpt, device)
+    model = working_model(loaded.model, torch.float32)
+    params = select_params(model, loaded.built, args.params)
+    return device, loaded, model, params, training_batches(loaded, args.samples, args.batch, 0, torch.float32)
+
+
 def lanczos_label(hvp: str, stop: str) -> str:
     """The algorithm column of genbound's rows: the HVP variant and the stopping rule."""
     return f"Lanczos ({hvp}, stop={stop})"
@@ -217,6 +256,128 @@ def write(info: dict, out: Path, name: str) -> None:
     lines += [f"| {k} | {v:.4g} | {v / c['grad']:.2f} |" for k, v in c.items()]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
+
+
+# ---- top-k mode: block Lanczos top-k and Hutch++ against PyHessian's eigenvalues(top_n=k) and trace() ---------
+def topk_main(args: argparse.Namespace, device: torch.device, loaded, model, params: dict, batches: list) -> None:
+    """Reference top-k (block Lanczos at --ref-tol), then each tool at each of its tols, loosest first, until
+    its runs reach --accuracy on every one of the k eigenvalues (--all-tols: every tol)."""
+    make = lambda autocast=args.autocast: HessianOperator(  # noqa: E731
+        model, params, batches, args.hvp, args.probe_batch, autocast=autocast)
+    op = make(False)
+    name = args.name if args.name != "hessian_speed" else f"hessian_speed_top{args.topk}_{args.params}"
+    info = {"mode": "top-k", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "ckpt": str(args.ckpt), "method": loaded.manifest["method"]["name"],
+            "params": args.params, "n_params": op.dim, "samples": op.n_examples, "batch": args.batch,
+            "n_batches": len(batches), "top_k": args.topk, "block": args.block, "probe_batch": args.probe_batch,
+            "hvp": args.hvp, "autocast": args.autocast, "trace": args.trace, "accuracy": args.accuracy,
+            "seeds": args.seeds, "dtype": "float32"}
+    ref, sec = wall(lambda: lanczos_block_top(make(False), args.topk, args.block, max_steps=400, tol=args.ref_tol,
+                                              seed=12345, which="magnitude"), device)
+    info["reference"] = {"eigenvalues": ref.eigenvalues, "residuals": ref.residuals, "converged": ref.converged,
+                         "steps": ref.steps, "n_passes": ref.n_passes, "seconds": sec,
+                         "how": f"block Lanczos (block {args.block}), tol {args.ref_tol:g}, 400 blocks at most; "
+                                "the k largest in magnitude (power iteration's target)"}
+    print(json.dumps(info["reference"]))
+    rows = info["runs"] = []
+    tools = {"genbound": (args.genbound_tols, lambda tol, seed: topk_genbound(make(), args, tol, seed, device)),
+             "pyhessian": (args.pyhessian_tols, lambda tol, seed: topk_pyhessian(op, args, tol, seed))}
+    for tool, (tols, run) in tools.items():
+        for tol in sorted(tols, reverse=True):
+            for seed in range(args.seeds):
+                row = {"tool": tool, "tol": tol, "seed": seed, **run(tol, seed)}
+                row["rel_errors"] = [abs(a - b) / abs(b) for a, b in zip(row["eigenvalues"], ref.eigenvalues)]
+                row["rel_error_max"] = max(row["rel_errors"])
+                rows.append(row)
+                print(json.dumps(row))
+            info["summary"], info["ratios"] = topk_summary(rows, args.accuracy)
+            write_topk(info, Path(args.out), name)
+            if not args.all_tols and any(t["tool"] == tool and t["tol"] == tol and t["reaches_accuracy"]
+                                         for t in info["summary"]):
+                break
+    print(json.dumps({"ratios": info["ratios"]}))
+
+
+def topk_genbound(op: HessianOperator, args: argparse.Namespace, tol: float, seed: int, device) -> dict:
+    """One genbound run on a fresh operator: block Lanczos top-k, then (with --trace) Hutch++."""
+    eig, sec = wall(lambda: lanczos_block_top(op, args.topk, args.block, max_steps=400, tol=tol, seed=seed,
+                                              which="magnitude", stop=args.stop), device)
+    out = {"eigenvalues": eig.eigenvalues, "seconds_eigen": sec, "passes_eigen": op.n_passes,
+           "n_hvp_eigen": eig.n_hvp, "converged": eig.converged, "seconds_trace": 0.0, "passes_trace": 0}
+    if args.trace:
+        t, sec = wall(lambda: hutchpp(op, args.trace_probes, seed), device)
+        out.update(trace=t["trace"], trace_stderr=t["stderr"], seconds_trace=sec,
+                   passes_trace=op.n_passes - out["passes_eigen"], trace_estimator=f"Hutch++ ({args.trace_probes})")
+    return out
+
+
+def topk_pyhessian(op: HessianOperator, args: argparse.Namespace, tol: float, seed: int) -> dict:
+    """PyHessian's eigenvalues(top_n=k) (sorted by magnitude) and trace(): one HVP = one data pass."""
+    run = PyHessianRun(op, seed)
+    e = run.eigenvalues(args.topk, tol, args.max_iter)
+    values = sorted(e["eigenvalues"], key=abs, reverse=True)
+    out = {"eigenvalues": values, "seconds_eigen": e["seconds"], "passes_eigen": e["n_hvp"], "n_hvp_eigen": e["n_hvp"],
+           "seconds_trace": 0.0, "passes_trace": 0}
+    if args.trace:
+        t = run.trace(args.pyhessian_trace_iter, args.pyhessian_trace_tol)
+        out.update(trace=t["trace"], trace_stderr=t["stderr"], seconds_trace=t["seconds"], passes_trace=t["n_hvp"],
+                   trace_estimator=f"Hutchinson (maxIter {args.pyhessian_trace_iter}, "
+                                   f"tol {args.pyhessian_trace_tol:g})")
+    return out
+
+
+def topk_summary(rows: list[dict], accuracy: float) -> tuple[list[dict], dict | None]:
+    """Medians per (tool, tol) and, once both tools reach the accuracy, the ratios PyHessian / genbound at
+    each tool's loosest tol that reaches it (wall time and data passes: eigenvalues, and with the trace)."""
+    table = []
+    for tool, tol in dict.fromkeys((r["tool"], r["tol"]) for r in rows):
+        sel = [{**r, "seconds_total": r["seconds_eigen"] + r["seconds_trace"],
+                "passes_total": r["passes_eigen"] + r["passes_trace"]}
+               for r in rows if r["tool"] == tool and r["tol"] == tol]
+        keys = ("seconds_eigen", "seconds_total", "passes_eigen", "passes_total", "trace", "trace_stderr")
+        table.append({"tool": tool, "tol": tol,
+                      **{k: statistics.median(r[k] for r in sel) if sel[0].get(k) is not None else None for k in keys},
+                      "rel_error_max": max(r["rel_error_max"] for r in sel),
+                      "reaches_accuracy": all(r["rel_error_max"] <= accuracy for r in sel)})
+    best = {}
+    for t in table:
+        if t["reaches_accuracy"]:
+            best.setdefault(t["tool"], t)
+    if len(best) < 2:
+        return table, None
+    ours, theirs = best["genbound"], best["pyhessian"]
+    return table, {"genbound_tol": ours["tol"], "pyhessian_tol": theirs["tol"],
+                   **{f"{what}_ratio_{part}": theirs[f"{what}_{part}"] / ours[f"{what}_{part}"]
+                      for what in ("seconds", "passes") for part in ("eigen", "total")}}
+
+
+def write_topk(info: dict, out: Path, name: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(info, indent=1))
+    ref = info["reference"]
+    lines = [f"# Top-{info['top_k']} Hessian eigenvalues{' and trace' if info['trace'] else ''}, {info['device']}, "
+             f"torch {info['torch']}", "",
+             f"{info['method']}, --params {info['params']} (n = {info['n_params']:,}), {info['samples']} training "
+             f"examples in {info['n_batches']} batches of {info['batch']}, float32. genbound: block Lanczos (block "
+             f"{info['block']}, {info['probe_batch']} vectors per pass, HVP {info['hvp']}"
+             f"{', bf16 autocast' if info['autocast'] else ''}); PyHessian: "
+             f"eigenvalues(top_n={info['top_k']}){' and trace()' if info['trace'] else ''}. Reference: {ref['how']}: "
+             f"{', '.join(f'{v:.6g}' for v in ref['eigenvalues'])}. Target: relative error <= {info['accuracy']:g} "
+             f"on each of the {info['top_k']} eigenvalues; medians over {info['seeds']} seeds.", "",
+             "| tool | tol | passes (eig.) | passes (all) | wall eig. (s) | wall all (s) | max rel. error | "
+             "trace +- stderr | reaches |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in info["summary"]:
+        trace = f"{t['trace']:.5g} +- {t['trace_stderr'] or float('nan'):.2g}" if t["trace"] is not None else "-"
+        lines.append(f"| {t['tool']} | {t['tol']:g} | {t['passes_eigen']:g} | {t['passes_total']:g} | "
+                     f"{t['seconds_eigen']:.3g} | {t['seconds_total']:.3g} | {t['rel_error_max']:.1e} | {trace} | "
+                     f"{'yes' if t['reaches_accuracy'] else 'no'} |")
+    r = info.get("ratios")
+    lines += ["", f"PyHessian (tol {r['pyhessian_tol']:g}) / genbound (tol {r['genbound_tol']:g}), each at its "
+                  f"loosest tol reaching the target: eigenvalues **{r['seconds_ratio_eigen']:.1f}x the wall time, "
+                  f"{r['passes_ratio_eigen']:.1f}x the data passes**; with the trace {r['seconds_ratio_total']:.1f}x "
+                  f"and {r['passes_ratio_total']:.1f}x (compare the trace standard errors in the table)." if r else
+              "No ratio: not both tools have a tol whose runs all reach the target."]
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 if __name__ == "__main__":
     main()

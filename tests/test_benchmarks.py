@@ -72,3 +72,30 @@ def test_hessian_benchmark_compares_both_tools(tmp_path, monkeypatch, one_thread
     assert ours and all(t["algorithm"].endswith(f"stop={stop})") for t in ours)
     assert info["ratios"]["genbound"] in {t["algorithm"] for t in ours}
     assert "| genbound |" in (tmp_path / "hessian_speed.md").read_text()
+
+
+def test_hessian_benchmark_top_k_mode(tmp_path, monkeypatch, one_thread):
+    """The top-k mode end to end on a tiny checkpoint: block Lanczos and Hutch++ against PyHessian's
+    eigenvalues(top_n=3) and trace(), every eigenvalue judged against the reference, ratios once both reach it."""
+    import json
+
+    import hessian_speed
+
+    from genbound.train import TrainConfig, train
+
+    ck = tmp_path / "ck"
+    train(TrainConfig(model="mlp", data="digits", hidden=[24, 16], method="lora", rank=4, alpha=8, steps=40,
+                      lr=1e-2, eval_samples=50), ck, progress=False)
+    monkeypatch.setattr(sys, "argv", ["hessian_speed.py", "--ckpt", str(ck), "--device", "cpu", "--samples", "64",
+                                      "--batch", "32", "--seeds", "1", "--topk", "3", "--trace", "--block", "4",
+                                      "--probe-batch", "4", "--trace-probes", "9", "--pyhessian-trace-iter", "20",
+                                      "--pyhessian-tols", "1e-3", "1e-4", "1e-5", "--out", str(tmp_path)])
+    hessian_speed.main()
+    info = json.loads((tmp_path / "hessian_speed_top3_trainable.json").read_text())
+    assert info["mode"] == "top-k" and info["block"] == 4 and len(info["reference"]["eigenvalues"]) == 3
+    assert info["reference"]["converged"]
+    ours = [r for r in info["runs"] if r["tool"] == "genbound"]
+    assert ours and all(len(r["rel_errors"]) == 3 and r["passes_eigen"] <= r["n_hvp_eigen"] for r in ours)
+    assert all(r["trace_stderr"] is not None for r in info["runs"])
+    assert info["ratios"] is not None and info["ratios"]["passes_ratio_eigen"] > 0
+    assert "| genbound |" in (tmp_path / "hessian_speed_top3_trainable.md").read_text()

@@ -18,7 +18,7 @@ from ..checkpoint import Loaded
 from ..errors import GenboundError
 from ..options import opt
 from ..runtime import device_generator, generator
-from .estimators import STOPS, WHICH, hutchinson, hutchpp, lanczos_top, slq_density
+from .estimators import STOPS, WHICH, check_block, hutchinson, hutchpp, lanczos_block_top, lanczos_top, slq_density
 from .operator import (DTYPES, HVP_MODES, PARAM_SETS, HessianOperator, select_params, space_model,
                        training_batches, working_model)
 
@@ -39,13 +39,16 @@ class HessianOptions:
     backend: str = opt("genbound", 'genbound | pyhessian (cross-check)')
     repeats: int = opt(1, 'independent data subsamples (their mean and std)')
     probes: int = opt(30, 'HVPs per trace estimator')
-    lanczos_steps: int = opt(100, 'Lanczos steps')
+    lanczos_steps: int = opt(100, 'Lanczos steps (blocks with --block > 1)')
+    block: int = opt(1, 'block Lanczos: start vectors per block, one data pass each step when <= --probe-batch '
+                        '(1: single-vector Lanczos)')
     tol: float = opt(1e-3, 'relative residual tolerance')
     stop: str = opt(
         "residual", 'Lanczos stopping rule: residual (rigorous) | gap (r^2 / Ritz gap: fewer HVPs, an estimate)')
     hvp: str = opt("auto", 'auto | forward-over-reverse | double-backward')
     cache_graphs: bool = opt(False, "keep every batch's gradient graph: HVPs without forward passes (needs memory)")
     dtype: str = opt("float32", 'float32 | float64')
+    autocast: bool = opt(False, 'HVPs under bf16 autocast (--dtype float32; eigenvalues ~5e-3 off: docs/theory.md)')
     probe_batch: int = opt(8, 'probe vectors per data pass (memory against speed)')
     density_probes: int = opt(5, 'SLQ probe vectors')
     density_sigma: float | None = opt(None, 'Gaussian broadening of the density (default: 1%% of the Ritz-value range)')
@@ -61,7 +64,7 @@ def check_options(opts: HessianOptions) -> None:
         if getattr(opts, key) not in allowed:
             raise GenboundError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}; got "
                                 f"{getattr(opts, key)!r}")
-    positive = ("samples", "batch", "repeats", "lanczos_steps", "probe_batch", "density_grid", "max_iter")
+    positive = ("samples", "batch", "repeats", "lanczos_steps", "probe_batch", "density_grid", "max_iter", "block")
     for key in positive:
         if getattr(opts, key) < 1:
             raise GenboundError(f"--{key.replace('_', '-')} must be at least 1; got {getattr(opts, key)}")
@@ -76,6 +79,8 @@ def check_options(opts: HessianOptions) -> None:
                             "torch.eig); use --backend genbound")
     if opts.density and opts.density_probes < 1:
         raise GenboundError(f"--density-probes must be at least 1; got {opts.density_probes}")
+    if opts.autocast and (opts.dtype != "float32" or opts.backend != "genbound"):
+        raise GenboundError("--autocast (bf16 HVPs) needs --dtype float32 and --backend genbound")
     if opts.top_k == 0 and not opts.trace and not opts.density:
         raise GenboundError("nothing to compute: ask for --top-k >= 1, --trace or --density")
 
@@ -121,25 +126,39 @@ def measure_costs(op: HessianOperator, seed: int = 0) -> dict:
 
 def genbound_estimates(op: HessianOperator, opts: HessianOptions, seed: int, density: bool) -> dict:
     """Lanczos top-k, Hutchinson + Hutch++ traces and the SLQ density on one operator."""
-    out: dict = {"eigenvalues": [], "residuals": [], "n_hvp_by_stage": {}}
+    out: dict = {"eigenvalues": [], "residuals": [], "n_hvp_by_stage": {}, "n_passes_by_stage": {}}
+    passes = op.n_passes
     if opts.top_k:
-        eig = lanczos_top(op, opts.top_k, opts.lanczos_steps, opts.tol, seed, which=opts.which, stop=opts.stop)
+        eig = top_eigen(op, opts, seed)
         order = "largest algebraic" if opts.which == "largest" else "largest in magnitude"
+        how = "Lanczos" if opts.block == 1 else f"block Lanczos (blocks of {opts.block})"
         out.update(eigenvalues=eig.eigenvalues, residuals=eig.residuals, residual_estimates=eig.residual_estimates,
-                   eigen_steps=eig.steps, eigen_converged=eig.converged,
-                   eigen_method=f"Lanczos with full reorthogonalization ({order} eigenvalues)")
+                   eigen_steps=eig.steps, eigen_converged=eig.converged, eigen_block=opts.block,
+                   eigen_method=f"{how} with full reorthogonalization ({order} eigenvalues)")
         out["n_hvp_by_stage"]["eigenvalues"] = eig.n_hvp
+        out["n_passes_by_stage"]["eigenvalues"], passes = op.n_passes - passes, op.n_passes
     if opts.trace:
         h, hpp = hutchinson(op, opts.probes, seed), hutchpp(op, opts.probes, seed)
         out.update(trace=hpp["trace"], trace_stderr=hpp["stderr"], trace_estimator="hutch++", hutchinson=h,
                    hutchpp=hpp)
         out["n_hvp_by_stage"]["trace"] = h["n_hvp"] + hpp["n_hvp"]
+        out["n_passes_by_stage"]["trace"], passes = op.n_passes - passes, op.n_passes
     if density:
         d = slq_density(op, opts.density_probes, opts.lanczos_steps, seed, opts.density_sigma, opts.density_grid)
         out["density"] = d
         out["n_hvp_by_stage"]["density"] = d["n_hvp"]
+        out["n_passes_by_stage"]["density"] = op.n_passes - passes
     out["n_hvp"] = sum(out["n_hvp_by_stage"].values())
+    out["n_passes"] = sum(out["n_passes_by_stage"].values())
     return out
+
+
+def top_eigen(op: HessianOperator, opts: HessianOptions, seed: int):
+    """Lanczos top-k (``opts.block`` 1) or block Lanczos top-k (``opts.block`` > 1) with the options' rules."""
+    common = dict(max_steps=opts.lanczos_steps, tol=opts.tol, seed=seed, which=opts.which, stop=opts.stop)
+    if opts.block == 1:
+        return lanczos_top(op, opts.top_k, **common)
+    return lanczos_block_top(op, opts.top_k, opts.block, **common)
 
 
 def pyhessian_estimates(op: HessianOperator, opts: HessianOptions, seed: int) -> dict:
@@ -211,10 +230,13 @@ def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = Fals
         if opts.top_k > n:
             raise GenboundError(f"--top-k {opts.top_k} is larger than the dimension of the parameter set "
                                 f"--params {opts.params} ({n})")
+        if opts.top_k and opts.backend == "genbound":
+            check_block(opts.block, opts.top_k, n)
         for r in range(opts.repeats):
             seed = _repeat_seed(opts.seed, r)
             batches = training_batches(loaded, opts.samples, opts.batch, opts.seed, dtype, repeat=r, ranks=ranks)
-            op = HessianOperator(model, params, batches, opts.hvp, opts.probe_batch, opts.cache_graphs, ranks)
+            op = HessianOperator(model, params, batches, opts.hvp, opts.probe_batch, opts.cache_graphs, ranks,
+                                 opts.autocast)
             op.on_pass = lambda: bar.update(1)
             if opts.backend == "genbound":
                 est = genbound_estimates(op, opts, seed, density=opts.density and r == 0)
@@ -286,7 +308,8 @@ def render(r: dict) -> str:
             f"{t['probe_batch']})" if t else "")
     if "seconds_per_hvp" in r:
         cost = f"; {r['seconds_per_hvp']:.3g} s per pyhessian HVP"
-    lines.append(f"{r['n_hvp']} HVPs, {r['wall_seconds']:.1f} s{cost}")
+    passes = f" in {r['n_passes']} data passes" if "n_passes" in r else ""
+    lines.append(f"{r['n_hvp']} HVPs{passes}, {r['wall_seconds']:.1f} s{cost}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Spectral estimators over a symmetric operator (``dim``, ``dtype``, ``device``, ``matmat``).
 
 - ``lanczos_top``: top-k (largest algebraic) eigenpairs by Lanczos with full reorthogonalization;
+- ``lanczos_block_top``: the same by block Lanczos (several vectors per data pass);
 - ``power_iteration``: the reference (largest-magnitude eigenpairs by deflated power iteration);
 - ``hutchinson``, ``hutchpp``: trace estimators with standard errors;
 - ``slq_density``: spectral density by stochastic Lanczos quadrature with Gaussian broadening.
@@ -50,6 +51,7 @@ class Eigen:
     converged: bool
     eigenvectors: torch.Tensor | None = None
     residual_estimates: list[float] | None = None  # from the recurrence: beta_m |s_mi|
+    n_passes: int | None = None  # data passes of the operator's matmat calls (probe_batch vectors per pass)
 
 
 def _breakdown(dtype: torch.dtype) -> float:
@@ -93,6 +95,13 @@ def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
 STOPS = ("residual", "gap")
 
 
+def _check_lanczos(which: str, stop: str) -> None:
+    if which not in WHICH:
+        raise GenboundError(f"--which must be one of {', '.join(WHICH)}; got {which!r}")
+    if stop not in STOPS:
+        raise GenboundError(f"--stop must be one of {', '.join(STOPS)}; got {stop!r}")
+
+
 def lanczos_top(op, k: int, max_steps: int = 100, tol: float = 1e-3, seed: int = 0,
                 vectors: bool = False, which: str = "largest", stop: str = "residual") -> Eigen:
     """Top-k eigenpairs of the symmetric operator H by Lanczos with full reorthogonalization: the k largest
@@ -116,10 +125,7 @@ def lanczos_top(op, k: int, max_steps: int = 100, tol: float = 1e-3, seed: int =
     """
     n = op.dim
     _check_k(k, n)
-    if which not in WHICH:
-        raise GenboundError(f"--which must be one of {', '.join(WHICH)}; got {which!r}")
-    if stop not in STOPS:
-        raise GenboundError(f"--stop must be one of {', '.join(STOPS)}; got {stop!r}")
+    _check_lanczos(which, stop)
     steps_max = min(n, max(max_steps, k))
     gen = device_generator(op.device, seed, "lanczos")
     start_hvp = op.n_hvp
@@ -158,14 +164,134 @@ def lanczos_top(op, k: int, max_steps: int = 100, tol: float = 1e-3, seed: int =
         betas.append(beta)
     converged = converged or m == n
     top = _wanted(theta, k, which)
-    coeffs = torch.as_tensor(S[:, top].T.copy(), dtype=op.dtype, device=op.device)
-    Y = coeffs @ Q[:m]
+    Y, res, passes = _ritz_vectors(op, Q[:m], S[:, top], theta[top])
+    return Eigen([float(t) for t in theta[top]], res, op.n_hvp - start_hvp, m, converged,
+                 Y if vectors else None, [float(beta * abs(S[-1, i])) for i in top], m + passes)
+
+
+def _orthogonalize_rows(W: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """The rows of W minus their projection on the orthonormal rows of ``basis`` (m x n), twice."""
+    for _ in range(2):
+        W = W - (W @ basis.T) @ basis
+    return W
+
+
+def _passes(op, rows: int) -> int:
+    """Data passes of one ``op.matmat`` of ``rows`` vectors (an operator serves ``probe_batch`` per pass)."""
+    return -(-rows // getattr(op, "probe_batch", rows))
+
+
+def _random_rows(op, count: int, basis: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``count`` orthonormal random rows orthogonal to ``basis`` (fresh directions after a deflation)."""
+    X = torch.randn(count, op.dim, generator=gen, device=op.device, dtype=op.dtype)
+    X = _orthogonalize_rows(X, basis)
+    return torch.linalg.qr(X.T).Q.T
+
+
+def _next_block(op, W: torch.Tensor, basis: torch.Tensor, scale: float, gen: torch.Generator, fill: bool):
+    """W = C Q_new for the reorthogonalized residual block W (b x n): Q_new orthonormal rows, C (b x b).
+    Thin QR W^T = Q R and the SVD R = U S V^T give W = (V S) (Q U)^T; a direction with singular value below
+    sqrt(eps) * scale is dropped (a deflation, the block form of a breakdown) and, with ``fill``, replaced by
+    a random one orthogonal to the basis, with zero coupling. Returns (Q_new, C)."""
+    Qt, R = torch.linalg.qr(W.T)
+    U, S, Vh = torch.linalg.svd(R)
+    Q_new = (Qt @ U).T
+    C = Vh.T * S[None, :]
+    weak = S <= _breakdown(op.dtype) * scale
+    if bool(weak.any()):
+        C[:, weak] = 0
+        if fill:
+            Q_new[weak] = _random_rows(op, int(weak.sum()), torch.cat([basis, Q_new[~weak]]), gen)
+    return Q_new, C
+
+
+def check_block(block: int, k: int, n: int) -> None:
+    """One line for a block size that does not fit the dimension n (or leaves no room for k Ritz values)."""
+    if not 1 <= block <= n:
+        raise GenboundError(f"--block must be between 1 and the dimension of the parameter set ({n}); got {block}")
+    if k > n // block * block:
+        raise GenboundError(f"--top-k {k} with --block {block}: at most {n // block * block} Ritz values fit in "
+                            f"dimension {n}; use a smaller --block")
+
+
+def lanczos_block_top(op, k: int, block: int = 4, max_steps: int = 100, tol: float = 1e-3, seed: int = 0,
+                      vectors: bool = False, which: str = "largest", stop: str = "residual") -> Eigen:
+    """Top-k eigenpairs by block Lanczos with full reorthogonalization: ``block`` seeded random start vectors
+    (``block_start``), each step one ``op.matmat`` of a block (one data pass when block <= probe_batch).
+
+    With Q_j (b x n, orthonormal rows) the j-th block, W = H Q_j - A_j Q_j - C_(j-1)^T Q_(j-1),
+    A_j = Q_j H Q_j^T, reorthogonalized twice against every block so far, then W = C_j Q_(j+1)
+    (``_next_block``). The Ritz pairs (theta_i, y_i) of the block tridiagonal T_m = Q^T H Q (A_j on the
+    diagonal, C_j^T below it) have residuals ||H y_i - theta_i y_i|| = ||C_m^T s_i'||, s_i' the last b
+    entries of the eigenvector s_i of T_m (exact arithmetic). Stopping rules as ``lanczos_top``: the k
+    wanted values all have r_i <= tol * max_j |theta_j| (``residual``: each theta_i within r_i of an
+    eigenvalue of H) or the Ritz-gap estimate (``gap``); else after max(max_steps, ceil(k / b)) blocks or
+    when the basis would pass n. Deflated directions (rank-deficient W) are replaced by random ones, so an
+    eigenvalue repeated up to b times shows all its copies. Residuals are recomputed explicitly (k more
+    HVPs); ``steps`` counts blocks, ``n_passes`` the data passes of every matmat.
+    """
+    n = op.dim
+    _check_k(k, n)
+    _check_lanczos(which, stop)
+    check_block(block, k, n)
+    gen = device_generator(op.device, seed, "lanczos-block")
+    start_hvp, passes = op.n_hvp, 0
+    steps_max = min(max(max_steps, -(-k // block)), n // block)
+    basis = torch.empty(min(steps_max, 8) * block, n, dtype=op.dtype, device=op.device)  # grown by doubling
+    Q, C, T = block_start(op, block, seed), None, np.zeros((0, 0))
+    converged = False
+    for j in range(steps_max):
+        m = (j + 1) * block
+        if m > basis.shape[0]:
+            basis = torch.cat([basis, torch.empty(min(basis.shape[0], steps_max * block - m + block), n,
+                                                  dtype=op.dtype, device=op.device)])
+        basis[m - block:m] = Q
+        W = op.matmat(Q)
+        passes += _passes(op, block)
+        A = Q @ W.T
+        A = (A + A.T) / 2
+        W = W - A @ Q - (C.T @ basis[m - 2 * block:m - block] if j else 0.0)
+        W = _orthogonalize_rows(W, basis[:m])
+        T = _grow(T, A.double().cpu().numpy(), None if C is None else C.double().cpu().numpy())
+        theta, S = np.linalg.eigh(T)
+        scale = max(float(np.abs(theta).max()), np.finfo(float).tiny)
+        Q, C = _next_block(op, W, basis[:m], scale, gen, fill=j + 1 < steps_max)
+        residuals = np.linalg.norm(C.double().cpu().numpy().T @ S[-block:], axis=0)
+        if m >= k and (_errors(theta, residuals, stop)[_wanted(theta, k, which)] <= tol * scale).all():
+            converged = True
+            break
+    top = _wanted(theta, k, which)
+    Y, res, p = _ritz_vectors(op, basis[:m], S[:, top], theta[top])
+    return Eigen([float(t) for t in theta[top]], res, op.n_hvp - start_hvp, j + 1, converged or m == n,
+                 Y if vectors else None, [float(residuals[i]) for i in top], passes + p)
+
+
+def block_start(op, block: int, seed: int) -> torch.Tensor:
+    """The seeded orthonormal start block of ``lanczos_block_top`` (block x n)."""
+    gen = device_generator(op.device, seed, "lanczos-block-start")
+    return _random_rows(op, block, torch.empty(0, op.dim, dtype=op.dtype, device=op.device), gen)
+
+
+def _ritz_vectors(op, basis: torch.Tensor, coeffs: np.ndarray, theta: np.ndarray):
+    """Ritz vectors Y = coeffs^T basis (normalized), their explicit residuals ||H y - theta y|| (one matmat)
+    and the data passes that took."""
+    Y = torch.as_tensor(coeffs.T.copy(), dtype=op.dtype, device=op.device) @ basis
     Y = Y / Y.norm(dim=1, keepdim=True)
-    HY = op.matmat(Y)
-    lam = torch.as_tensor(theta[top].copy(), dtype=op.dtype, device=op.device)
-    res = (HY - lam[:, None] * Y).norm(dim=1)
-    return Eigen([float(t) for t in theta[top]], res.double().cpu().tolist(), op.n_hvp - start_hvp, m, converged,
-                 Y if vectors else None, [float(beta * abs(S[-1, i])) for i in top])
+    lam = torch.as_tensor(theta.copy(), dtype=op.dtype, device=op.device)
+    res = (op.matmat(Y) - lam[:, None] * Y).norm(dim=1)
+    return Y, res.double().cpu().tolist(), _passes(op, len(theta))
+
+
+def _grow(T: np.ndarray, A: np.ndarray, C: np.ndarray | None) -> np.ndarray:
+    """The block tridiagonal T with one more diagonal block A, coupled to the last one by C (W_prev = C Q)."""
+    m, b = T.shape[0], A.shape[0]
+    out = np.zeros((m + b, m + b))
+    out[:m, :m] = T
+    out[m:, m:] = A
+    if C is not None:
+        out[m:, m - b:m] = C.T
+        out[m - b:m, m:] = C
+    return out
 
 
 def power_iteration(op, k: int = 1, max_iter: int = 1000, tol: float = 1e-6, seed: int = 0) -> Eigen:
