@@ -398,7 +398,9 @@ def render(r: dict) -> str:
     if "compress" in r:
         c = r["compress"]
         what = " (the subspace coordinates z)" if c.get("coded") == "subspace" else ""
-        lines += [f"compression (Occam, delta={c['delta']}): best {c['scheme']} {c['bits']}-bit code of "
+        picked = ("best" if c.get("choice", "the lowest bound") == "the lowest bound"
+                  else "every bound vacuous, so the lowest quantized train error:")
+        lines += [f"compression (Occam, delta={c['delta']}): {picked} {c['scheme']} {c['bits']}-bit code of "
                   f"{c['numbers']:,} numbers{what} = "
                   f"{c['code_bits']:,.0f} bits ({c['code_bits'] / c['numbers']:.3f}/number)",
                   f"  quantized: train err {c['train_err_q']:.4f}  test err {c['test_err_q']:.4f}  ->  "

@@ -196,10 +196,23 @@ class InSubspace:
         return {**self.deltas, **last}
 
 
+VACUOUS = 1.0 - 1e-9  # an Occam bound this high says nothing about the test error
+
+
+def choose(tried: list[dict]) -> tuple[dict, str]:
+    """The candidate code to report and why: the lowest bound (ties to the lower quantized train error); when
+    every bound is vacuous, the lowest quantized TRAIN error (ties to the shorter code), since a tie of bounds
+    at 1 says nothing and the test split must not choose. Either way the header pays for the choice."""
+    if all(r["occam_bound"] >= VACUOUS for r in tried):
+        return (min(tried, key=lambda r: (r["train_err_q"], r["code_bits"])),
+                "every bound is vacuous: the lowest quantized train error")
+    return min(tried, key=lambda r: (r["occam_bound"], r["train_err_q"])), "the lowest bound"
+
+
 def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts, ranks=None) -> dict:
     """For each grid point (bits x scheme): optionally a quantization-aware fine-tune, then quantize, code
     and decode the trained numbers (a subspace checkpoint: its z), evaluate the QUANTIZED model, and keep the
-    best Occam bound. The code's header records the scheme and bit width (genbound.compress), so the choice is
+    candidate ``choose`` picks. The code's header records the scheme and bit width (genbound.compress), so the choice is
     paid for in the code; a subspace checkpoint also pays log2(projection seeds tried).
 
     With ``ranks`` (several processes) the quantized models' evaluations split over them by batches; the QAT
@@ -209,7 +222,7 @@ def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts, ranks
     n_train = len(ys["train"])
     grid = [(b, s) for s in opts.schemes for b in opts.compress_bits]
     extra = opts.seed_bits + math.log2(opts.hyper_settings) + math.log2(opts.projection_seeds)
-    tried, best = [], None
+    tried = []
     loaded.model.eval()
     try:
         for bits, scheme in grid:
@@ -228,9 +241,9 @@ def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts, ranks
                    "header_bits": code.header_bits, "train_err_q": errs["train"], "test_err_q": errs["test"],
                    "occam_bound": bounds.occam_bound(errs["train"], n_train, total, opts.delta)}
             tried.append(row)
-            best = row if best is None or row["occam_bound"] < best["occam_bound"] else best
     finally:
         coded.restore()
-    return {**best, "delta": opts.delta, "numbers": sum(d.numel() for d in coded.deltas.values()),
+    best, choice = choose(tried)
+    return {**best, "choice": choice, "delta": opts.delta, "numbers": sum(d.numel() for d in coded.deltas.values()),
             "extra_bits": extra, "mi_estimate_01": bounds.mi_estimate_from_code(best["code_bits"], n_train, 0.5),
             "coded": "subspace" if isinstance(coded, InSubspace) else "trained numbers", "tried": tried}

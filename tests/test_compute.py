@@ -146,6 +146,28 @@ def test_compression_bound_counts_and_evaluates_the_quantized_model(ckpts):
     assert err == pytest.approx(c["train_err_q"], abs=1e-12)
 
 
+def test_the_reported_code_is_the_lowest_bound_or_when_all_are_vacuous_the_lowest_train_error(ckpts):
+    """Oracle: the candidates' own numbers. With a header so long that every bound is 1 (--seed-bits 10^6), the
+    choice falls to the quantized train error (never the test error), and the text says so."""
+    from genbound.compute import render
+    from genbound.occam import choose
+
+    rows = [{"occam_bound": 0.4, "train_err_q": 0.2, "code_bits": 9}, {"occam_bound": 0.4, "train_err_q": 0.1,
+                                                                          "code_bits": 5},
+            {"occam_bound": 0.5, "train_err_q": 0.0, "code_bits": 1}]
+    assert choose(rows) == (rows[1], "the lowest bound")
+    vacuous = [dict(r, occam_bound=1.0, test_err_q=t) for r, t in zip(rows, (0.0, 0.9, 0.9))]
+    assert choose(vacuous)[0] is vacuous[2] and "vacuous" in choose(vacuous)[1]
+    loaded = checkpoint.load(ckpts / "lora")
+    r = compute(loaded, ComputeOptions(compress=True, compress_bits=[1, 2, 4], schemes=["uniform"], base_gap=False,
+                                       seed_bits=10**6))
+    c = r["compress"]
+    assert all(t["occam_bound"] == 1.0 for t in c["tried"])
+    assert c["train_err_q"] == min(t["train_err_q"] for t in c["tried"]) and "vacuous" in c["choice"]
+    assert len({t["train_err_q"] for t in c["tried"]}) > 1  # the choice was not a tie
+    assert "every bound vacuous" in render(r)
+
+
 def test_cli_compute_writes_complete_finite_json(ckpts, tmp_path, capsys):
     out = tmp_path / "c.json"
     assert main(["compute", "--ckpt", str(ckpts / "c3la"), "--device", "cpu", "--loss", "ce", "--clip", "5",
