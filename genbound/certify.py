@@ -35,6 +35,7 @@ from . import pacbayes, result
 from .checkpoint import Loaded
 from .errors import GenboundError
 from .options import opt
+from .progress import tick, work
 from .runtime import batch_of, device_generator, generator, logits_with, task_loss
 
 SCHEMA = "genbound.certify/1"
@@ -218,6 +219,7 @@ def stochastic_errors(loaded: Loaded, post: Posterior, inputs: dict, ys: dict, i
         for s in idx:
             for b in _batches(idx[s], draw_batch):
                 totals[s] += wrong(loaded, post.sample(gen), inputs[s], ys[s], b, draw_batch)
+                tick()
     return {s: totals[s] / (m * len(idx[s])) for s in idx}
 
 
@@ -346,5 +348,14 @@ class Result(result.Result):
         return render(self.data)
 
 
+def draw_units(loaded: Loaded, o: CertifyOptions) -> int:
+    """The predictors ``certify`` draws (a fresh one per batch of the certificate's and the test examples, m passes,
+    every prior scale): its progress."""
+    n_train, n_test = len(loaded.task.train), len(loaded.task.test)
+    n = n_train if o.prior == "init" else n_train - round(o.prior_fraction * n_train)
+    return len(o.sigma_prior) * o.samples * (-(-n // o.draw_batch) + -(-n_test // o.draw_batch))
+
+
 def run(loaded: Loaded, options: CertifyOptions, progress: bool = False) -> Result:
-    return Result(certify(loaded, options, progress))
+    with work(draw_units(loaded, options), "certify", "draw", progress):
+        return Result(certify(loaded, options, progress))

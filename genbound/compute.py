@@ -14,9 +14,10 @@ from torch import nn
 from . import bounds, result
 from .build import Built, parameter_counts
 from .checkpoint import Loaded, problem_of
-from .distributed import all_gather_objects, spread
+from .distributed import all_gather_objects, mine, spread
 from .errors import CheckpointError, GenboundError
 from .options import opt
+from .progress import work
 from .layers import AdapterLinear, weight_matrix
 from .update import spectral_norm
 from .metrics import task_metrics
@@ -433,5 +434,16 @@ def across_ranks(options: ComputeOptions) -> bool:
     return True
 
 
+def work_units(loaded: Loaded, opts: ComputeOptions, ranks=None) -> int:
+    """The evaluation batches and quantization-aware steps ``compute`` will run on this rank (its progress)."""
+    per = lambda n: len(mine(range(0, n, opts.batch_size), ranks))  # noqa: E731
+    passes = per(len(loaded.task.train)) + per(len(loaded.task.test))
+    total = passes * (2 if opts.base_gap else 1)
+    if opts.compress:
+        total += len(opts.compress_bits) * len(opts.schemes) * (opts.qat_steps + passes)
+    return total
+
+
 def run(loaded: Loaded, options: ComputeOptions, progress: bool = False, ranks=None) -> Result:
-    return Result(compute(loaded, options, ranks))
+    with work(work_units(loaded, options, ranks), "compute", "batch", progress):
+        return Result(compute(loaded, options, ranks))

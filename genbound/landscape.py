@@ -59,6 +59,7 @@ from .distributed import all_gather_objects, all_reduce_sum, mine, spread
 from .errors import CheckpointError, GenboundError
 from .options import opt
 from .layers import adapter_layers, shallow_clone
+from .progress import tick, work
 from .runtime import batch_of, generator, length_order, logits, logits_with, problem_of_targets, task_loss
 
 SCHEMA = "genbound.landscape/1"
@@ -384,6 +385,7 @@ def evaluate_points(space: Space, dirs: list[dict], coefs: torch.Tensor, data: E
                                                           for i in range(len(part)))))
             loss[lo:lo + len(part)] += ce.double().sum(1)
             correct[lo:lo + len(part)] += ok.sum(1)
+        tick(len(part))
     if spread(ranks):
         all_reduce_sum(loss)
         all_reduce_sum(correct)
@@ -442,7 +444,8 @@ def sharpness(a: list[float], b: list[float], losses: np.ndarray, centre: float,
             "points_within_rho": int(inside.sum()), "argmax": [float(A[worst]), float(B[worst])]}
 
 
-def landscape_analysis(loaded: Loaded, opts: LandscapeOptions, ckpt: str | Path | None = None, ranks=None) -> dict:
+def landscape_analysis(loaded: Loaded, opts: LandscapeOptions, ckpt: str | Path | None = None, ranks=None,
+                       progress: bool = False) -> dict:
     """The loss surface of one checkpoint (module docstring); ``ckpt`` is its folder, read for --dirs pca. With
     ``ranks`` (several processes) the grid's chunks split over them; the directions (random, or PCA of the
     trajectory: no data pass) and the sharpness are computed on every rank alike (docs/design.md section 8c)."""
@@ -475,7 +478,10 @@ def landscape_analysis(loaded: Loaded, opts: LandscapeOptions, ckpt: str | Path 
     if loaded.device.type == "cuda":
         torch.cuda.synchronize(loaded.device)
     t0 = time.perf_counter()
-    loss, acc, info = evaluate_points(space, dirs, torch.tensor(pts), data, opts.chunk, opts.batch_size, ranks)
+    coefs = torch.tensor(pts)
+    points = sum(len(coefs[lo:lo + opts.chunk]) for lo in mine(range(0, len(coefs), opts.chunk), ranks))
+    with work(points, "landscape", "point", progress):
+        loss, acc, info = evaluate_points(space, dirs, coefs, data, opts.chunk, opts.batch_size, ranks)
     if loaded.device.type == "cuda":
         torch.cuda.synchronize(loaded.device)
     info.update(seconds=time.perf_counter() - t0, points=len(pts), device=str(loaded.device),
@@ -547,7 +553,7 @@ def across_ranks(options: LandscapeOptions) -> bool:
 
 
 def run(loaded: Loaded, options: LandscapeOptions, progress: bool = False, ranks=None) -> Result:
-    return Result(landscape_analysis(loaded, options, ckpt=loaded.path, ranks=ranks))
+    return Result(landscape_analysis(loaded, options, ckpt=loaded.path, ranks=ranks, progress=progress))
 
 
 OUTPUTS = [("out", "--out", "prefix")]

@@ -20,6 +20,7 @@ from .checkpoint import Loaded
 from .compress import encode, quantize
 from .distributed import broadcast_object, spread
 from .layers import next_link
+from .progress import tick
 from .subspace import Subspace, replay
 from .runtime import batch_of, logits_with, losses, predict, task_loss
 
@@ -118,6 +119,7 @@ def _fine_tune(model: nn.Module, deltas: dict[str, torch.Tensor], values_of, bit
         opt.zero_grad()
         loss.backward()
         opt.step()
+        tick()
     return {k: p.detach().cpu() for k, p in params.items()}
 
 

@@ -17,6 +17,7 @@ from torch.func import functional_call
 from .distributed import all_gather_rows, mine, spread
 from .errors import TrainingError
 from .metrics import FUNCTIONS
+from .progress import tick
 
 
 def generator(seed: int, *keys: object) -> torch.Generator:
@@ -85,7 +86,10 @@ def predict(model: nn.Module, inputs: dict, n: int, batch_size: int = 256, ranks
     order = length_order(inputs, n)
     rows = torch.arange(n, device=device) if order is None else order
     starts = mine(range(0, n, batch_size), ranks)
-    out = [logits(model, batch_of(inputs, rows[lo:lo + batch_size])).float() for lo in starts]
+    out = []
+    for lo in starts:
+        out.append(logits(model, batch_of(inputs, rows[lo:lo + batch_size])).float())
+        tick()
     model.train(was_training)
     out = torch.cat(all_gather_rows(out, device) if spread(ranks) else out)
     if order is None:

@@ -198,8 +198,8 @@ def test_compute_on_a_peft_folder_and_on_missing_data(tmp_path, capsys):
     peft_r, ck_r = json.loads((tmp_path / "p.json").read_text()), compute(checkpoint.load(ck), ComputeOptions())
     assert peft_r["test_loss"] == pytest.approx(ck_r["test_loss"], rel=1e-5)
     assert peft_r["mi_term_paper"] == ck_r["mi_term_paper"]
-    capsys.readouterr()
     assert main(["compute", "--ckpt", str(tmp_path / "peft")]) == 0  # imported once, reused: no --data needed
+    capsys.readouterr()  # (its progress bar went to stderr)
     moved = tmp_path / "moved.csv"
     shutil.move(csv, moved)
     assert main(["compute", "--ckpt", str(ck)]) == 2

@@ -208,6 +208,23 @@ def summarize_repeats(runs: list[dict]) -> dict:
     return out
 
 
+def pass_bound(opts: HessianOptions) -> int | None:
+    """At most how many data passes the estimators make (Lanczos may stop early): the progress bar's total;
+    None for the PyHessian cross-check, whose power iterations have no useful bound."""
+    if opts.backend != "genbound":
+        return None
+    per = lambda vectors: -(-vectors // opts.probe_batch)  # noqa: E731  passes of one matmat
+    total = 0
+    if opts.top_k:
+        total += opts.lanczos_steps * per(opts.block) + per(opts.top_k)
+    if opts.trace:
+        s = opts.probes // 3
+        total += per(opts.probes) + 2 * per(s) + per(opts.probes - 2 * s)
+    if opts.density:
+        total += opts.density_probes * opts.lanczos_steps
+    return opts.repeats * total + 1  # + the loss at the end
+
+
 def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = False, ranks=None) -> dict:
     """Every number of `genbound hessian` for one loaded checkpoint (see the module docstring). With ``ranks``
     (several processes) each rank takes its share of every subsample and the HVPs are summed over the ranks; the
@@ -221,7 +238,8 @@ def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = Fals
     model = working_model(loaded.model, dtype)
     was_training = model.training
     model.eval()
-    bar = tqdm(desc=f"hessian ({opts.backend})", unit="pass", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(desc=f"hessian ({opts.backend}, at most)", unit="pass", disable=not progress, dynamic_ncols=True,
+               total=pass_bound(opts), leave=False)
     runs, costs = [], None
     try:
         model = space_model(model, opts.params)
