@@ -114,13 +114,14 @@ def _read(path):
 
 def stored_results(ckpt, name: str) -> list[tuple]:
     """(path, result) of every stored result of analysis ``name`` in ckpt/analysis, the latest (NAME.json) first,
-    one per set of options."""
+    then the kept ones newest first, one per set of options."""
     from pathlib import Path
 
     folder = Path(ckpt) / "analysis"
     if not folder.is_dir():
         return []
-    paths = [folder / f"{name}.json"] + sorted(folder.glob(f"{name}-" + "[0-9a-f]" * 8 + ".json"))
+    kept = sorted(folder.glob(f"{name}-" + "[0-9a-f]" * 8 + ".json"), key=lambda p: -p.stat().st_mtime_ns)
+    paths = [folder / f"{name}.json", *kept]  # the kept ones newest first
     out, seen = [], set()
     for path in paths:
         data = _read(path) if path.is_file() else None
