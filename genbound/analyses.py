@@ -79,3 +79,99 @@ def analyse(loaded, name: str, progress: bool = False, **options):
     if hasattr(mod, "check_options"):
         mod.check_options(opts)
     return execute(loaded, name, opts, progress)
+
+
+# ---- stored results ----------------------------------------------------------------------------------------
+# DIR/analysis/NAME.json holds the latest result of analysis NAME (what studies and compare read by default);
+# NAME-KEY.json keeps a result whose options another run's replaced in NAME.json (KEY: the first 8 hex digits
+# of the sha256 of its options as canonical JSON), so results with other options are never lost.
+def options_key(options: dict) -> str:
+    """8 hex digits that name a set of options (canonical JSON: sorted keys, no inf or nan)."""
+    import hashlib
+    import json
+
+    from .files import finite_json
+
+    def plain(v):  # 16 and 16.0 (a study file's and the command line's) are one option
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        return [plain(x) for x in v] if isinstance(v, list) else v
+
+    opts = {k: plain(v) for k, v in finite_json(options or {}).items()}
+    text = json.dumps(opts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _read(path):
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def stored_results(ckpt, name: str) -> list[tuple]:
+    """(path, result) of every stored result of analysis ``name`` in ckpt/analysis, the latest (NAME.json) first,
+    then the kept ones newest first, one per set of options."""
+    from pathlib import Path
+
+    folder = Path(ckpt) / "analysis"
+    if not folder.is_dir():
+        return []
+    kept = sorted(folder.glob(f"{name}-" + "[0-9a-f]" * 8 + ".json"), key=lambda p: -p.stat().st_mtime_ns)
+    paths = [folder / f"{name}.json", *kept]  # the kept ones newest first
+    out, seen = [], set()
+    for path in paths:
+        data = _read(path) if path.is_file() else None
+        key = options_key(data.get("options")) if data is not None else None
+        if data is not None and key not in seen:
+            seen.add(key)
+            out.append((path, data))
+    return out
+
+
+def options_differ(options, stored: dict) -> list[str]:
+    """'option: stored -> asked' for each option (of an options object) that the stored result was computed with
+    differently (an option the result does not record counts as its default)."""
+    import dataclasses
+
+    defaults = dataclasses.asdict(type(options)())
+    asked = dataclasses.asdict(options)
+    recorded = stored.get("options") or {}
+    have = {k: recorded.get(k, defaults[k]) for k in asked}
+    have = {k: (tuple(v) if isinstance(v, list) else v) for k, v in have.items()}
+    asked = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asked.items()}
+    return [f"{k} {have[k]!r} -> {asked[k]!r}" for k in asked if have[k] != asked[k]]
+
+
+def find_stored(ckpt, name: str, options=None) -> tuple | None:
+    """(path, result) of the stored result of ``name`` computed with ``options`` (an options object), or the
+    latest with None; None when there is none."""
+    for path, data in stored_results(ckpt, name):
+        if options is None or not options_differ(options, data):
+            return path, data
+    return None
+
+
+def store_result(ckpt, name: str, result: dict):
+    """Store ``result`` (a Result's JSON) as ckpt/analysis/NAME.json, the latest; a result with other options
+    already there is kept as NAME-KEY.json first (its file copied, date and all). Returns the path written.
+    Raises OSError where the folder cannot be written."""
+    from pathlib import Path
+
+    from .files import atomic_copy, write_json
+
+    folder = Path(ckpt) / "analysis"
+    latest = folder / f"{name}.json"
+    key = options_key(result.get("options"))
+    old = _read(latest) if latest.is_file() else None
+    if old is not None and options_key(old.get("options")) != key:
+        kept = folder / f"{name}-{options_key(old.get('options'))}.json"
+        if not kept.is_file():
+            atomic_copy(latest, kept)
+    write_json(latest, result)
+    if (folder / f"{name}-{key}.json").is_file():  # an older result with these options: this one replaces it
+        write_json(folder / f"{name}-{key}.json", result)
+    return latest

@@ -245,6 +245,7 @@ def _analyse(mod, options, args: argparse.Namespace, ranks) -> None:
         label = folder if method in folder else f"{method} ({folder})"
         results[label if label not in results else f"{label} #{len(results) + 1}"] = result  # equal names kept apart
         print(result.render())
+        store_in_checkpoint(args.command, path, result, loaded.other_data)
     if quiet:
         return
     if hasattr(mod, "write_outputs"):
@@ -252,15 +253,73 @@ def _analyse(mod, options, args: argparse.Namespace, ranks) -> None:
     write_results(args.json, {k: r.to_json() for k, r in results.items()}, args.command)
 
 
+def store_in_checkpoint(name: str, ckpt: str, result, other_data: bool) -> None:
+    """Keep a command-line analysis in the checkpoint's analysis/ folder, as a study does (``store_result``: the
+    latest as NAME.json, one with other options kept beside it), where compare finds it; or say in one line why
+    it is not kept there (the printed table and --json still hold it)."""
+    from .analyses import store_result
+
+    if other_data:
+        print(f"{name} of {ckpt} not stored in its analysis/ folder: evaluated on other data")
+        return
+    try:
+        store_result(ckpt, name, result.to_json())
+    except OSError as err:
+        print(f"{name} of {ckpt} not stored in its analysis/ folder ({err.strerror or err})")
+
+
 # ---- comparisons and studies -----------------------------------------------------------------------------
+def analyses_asked(words: list[str]) -> dict[str, dict | None]:
+    """compare --analyses: NAME (any stored result; default options where none is) or NAME:OPT=VALUE,...
+    (the stored result with those options; VALUE as in a study file: 5, 0.1, true, "text", [1, 2])."""
+    import tomllib
+
+    asked: dict[str, dict | None] = {}
+    for word in words:
+        if word == "none":
+            continue
+        name, _, text = word.partition(":")
+        if not text:
+            asked[name] = None
+            continue
+        try:
+            raw = tomllib.loads("\n".join(_option_lines(text)))
+        except tomllib.TOMLDecodeError:
+            raw = None
+        if not raw:
+            raise GenboundError(f"--analyses {word}: want NAME:OPTION=VALUE,... (e.g. hessian:top_k=5,samples=512)")
+        asked[name] = {k.replace("-", "_"): v for k, v in raw.items()}
+    return asked
+
+
+def _option_lines(text: str) -> list[str]:
+    """'a=1,b=[1, 2],c=x' -> TOML lines (a bare word is a string), split at the commas outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text + ","):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    lines = []
+    for part in parts:
+        key, eq, value = part.partition("=")
+        value = value.strip()
+        if not eq or not key.strip() or not value:
+            return []
+        if not (value[0] in "[\"'" or value in ("true", "false") or value.lstrip("+-")[:1].isdigit()):
+            value = json.dumps(value)
+        lines.append(f'"{key.strip()}" = {value}')
+    return lines
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare
     from .report import write_comparison
     from .study import fill_missing
 
-    fill_missing(args.dirs, [a for a in args.analyses if a != "none"], args.device,
-                 log=(lambda *a: None) if args.quiet else print)
-    result = compare(args.dirs)
+    asked = analyses_asked(args.analyses)
+    fill_missing(args.dirs, asked, args.device, log=(lambda *a: None) if args.quiet else print)
+    result = compare(args.dirs, options={k: v for k, v in asked.items() if v is not None})
     write_comparison(result, Path(args.out), args.title or Path(args.out).name)
     write_json(args.json, result)
 
@@ -321,9 +380,11 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="checkpoint directories")
     p.add_argument("--out", metavar="DIR", required=True, help="report folder, e.g. reports/NAME")
     p.add_argument("--title", help="report title (default: the folder name)")
-    p.add_argument("--analyses", nargs="+", default=["compute", "spectrum"], metavar="NAME",
-                   help=f"run these (default options) where their JSON is missing first: {' '.join(ANALYSES)}, "
-                        "or none (default: compute spectrum)")
+    p.add_argument("--analyses", nargs="+", default=["compute", "spectrum"], metavar="NAME[:OPT=VALUE,...]",
+                   help=f"run these where no stored result is there first: {' '.join(ANALYSES)}, or none "
+                        "(default: compute spectrum). NAME uses the latest stored result (default options where "
+                        "there is none); NAME:OPT=VALUE,... the one stored with those options (e.g. "
+                        "hessian:top_k=5,samples=512). The report says which options each shown analysis had")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (for --analyses)")
 
 

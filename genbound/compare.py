@@ -2,7 +2,8 @@
 across checkpoints (docs/theory.md section 6).
 
 The measures are those the registered analyses declare (``Result.MEASURES``), read from each checkpoint's
-stored analysis JSON (DIR/analysis/<name>.json).
+stored analysis JSON: DIR/analysis/<name>.json, the latest, or the stored result with the options compare was
+asked for (``stored_analyses``); each row says which it used.
 
 Kendall tau (Jiang et al. 2020): tau = mean over pairs i < j of sign(mu_i - mu_j) * sign(g_i - g_j) (tau-a:
 a tie in either counts 0). Granulated Psi: for each axis (method, rank, seed, ...), tau within every group
@@ -13,16 +14,16 @@ gives an interval for tau.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint
-from .analyses import ANALYSES
+from .analyses import ANALYSES, find_stored, get_analysis
 from .errors import GenboundError
 
 AXES = ("method", "rank", "seed")
@@ -116,8 +117,44 @@ def bounded_loss(comp: dict) -> dict:
     return {"loss": "ce", "loss_label": label, "loss_range": 2 * comp["sigma"] if known else None}
 
 
-def row_of(ckpt: Path) -> dict:
-    """One table row: the manifest's facts and every measure whose analysis is on disk."""
+def _shown_options(name: str, options: dict | None) -> str:
+    """The options of a stored result that differ from the analysis's defaults, e.g. 'top_k 5, samples 512'."""
+    import dataclasses
+
+    defaults = dataclasses.asdict(get_analysis(name).load().Options())
+
+    def text(v) -> str:
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    differ = [f"{k} {text(v)}" for k, v in (options or {}).items()
+              if k in defaults and (tuple(v) if isinstance(v, list) else v)
+              != (tuple(defaults[k]) if isinstance(defaults[k], list) else defaults[k])]
+    return ", ".join(differ) or "default options"
+
+
+def stored_analyses(ckpt: Path, manifest: dict, options: dict | None = None) -> dict[str, tuple[Path, dict, str]]:
+    """name -> (path, result, how it was picked) of the stored analyses compare uses for a checkpoint: for an
+    analysis ``options`` names (name -> its options over the task's defaults, as a study section), the result with
+    exactly those options ("options asked"; none when none is stored); for any other, the latest ("latest")."""
+    from .study import _options, for_task
+
+    out = {}
+    for name in ANALYSES:
+        if options and options.get(name) is not None:
+            asked = _options(name, for_task(name, options[name], manifest), "compare")
+            found, how = find_stored(ckpt, name, asked), "options asked"
+        else:
+            found, how = find_stored(ckpt, name), "latest"
+        if found is not None:
+            out[name] = (*found, how)
+    return out
+
+
+def row_of(ckpt: Path, options: dict | None = None) -> dict:
+    """One table row: the manifest's facts and every measure whose analysis is on disk (``stored_analyses``);
+    ``analyses`` says, per analysis shown, its file, its options and when it was stored."""
     man = checkpoint.read_manifest(ckpt)
     m = man["metrics"]
     row = {"checkpoint": str(ckpt), "base": man["base"]["sha256"], "model": man["base"].get("name") or
@@ -136,8 +173,11 @@ def row_of(ckpt: Path) -> dict:
     for name in checkpoint.metrics_of(man):  # the task's metrics beside accuracy: test_f1, test_pearson, ...
         if name != "accuracy":
             row[f"test_{name}"] = m.get(f"test_{name}")
-    stored = {n: json.loads((ckpt / "analysis" / f"{n}.json").read_text())
-              for n in ANALYSES if (ckpt / "analysis" / f"{n}.json").is_file()}
+    picked = stored_analyses(ckpt, man, options)
+    stored = {n: data for n, (_, data, _) in picked.items()}
+    row["analyses"] = {n: {"file": str(path), "options": data.get("options"), "shown": _shown_options(n, data.get(
+        "options")), "stored": datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M"),
+                           "picked": how} for n, (path, data, how) in picked.items()}
     comp = stored.get("compute", {})
     # the trivial classifier's test error (certify records it too)
     row["majority_err"] = comp.get("majority_err", stored.get("certify", {}).get("majority_err"))
@@ -154,13 +194,14 @@ def row_of(ckpt: Path) -> dict:
     return row
 
 
-def compare(dirs: list[str | Path]) -> dict:
+def compare(dirs: list[str | Path], options: dict | None = None) -> dict:
     """Rows for every checkpoint and, per measure and gap, Kendall tau, its seed-bootstrap interval and the
-    granulated Psi. All checkpoints must share one base model and one task."""
+    granulated Psi. All checkpoints must share one base model and one task. ``options``: analysis name -> the
+    options (over the task's defaults) whose stored result to use; any other analysis: its latest result."""
     ckpts = [Path(d) for d in dirs]
     if not ckpts:
         raise GenboundError("compare needs at least one checkpoint directory")
-    rows = [row_of(c) for c in ckpts]
+    rows = [row_of(c, options) for c in ckpts]
     bases = {(r["base"], r["data"]) for r in rows}
     if len(bases) > 1:
         raise GenboundError(f"the checkpoints mix {len(bases)} (base model, task) pairs; compare one at a time: "

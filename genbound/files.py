@@ -47,6 +47,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def atomic_copy(src: Path, path: Path) -> None:
+    """A copy of file ``src`` at ``path``, with its modification time (the date it was written)."""
+    import shutil
+
+    _atomic(path, lambda tmp: shutil.copy2(src, tmp))
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 

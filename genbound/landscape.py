@@ -561,14 +561,31 @@ OUTPUTS = [("out", "--out", "prefix")]
 
 def add_arguments(parser) -> None:
     parser.add_argument("--surface", action="store_true", help="a 3-D surface view instead of contours")
-    parser.add_argument("--out", metavar="PREFIX", default="landscape",
-                        help="writes PREFIX.png and PREFIX.npz (default: landscape)")
+    parser.add_argument("--out", metavar="PREFIX",
+                        help="writes PREFIX.png (every checkpoint) and PREFIX[-folder].npz (default: each "
+                             "checkpoint's DIR/analysis/landscape.png and .npz)")
 
 
 def write_outputs(results: dict[str, Result], args) -> None:
-    """PREFIX.png (every checkpoint on one colour scale) and one PREFIX[-folder].npz per checkpoint."""
+    """With --out: PREFIX.png (every checkpoint on one colour scale) and one PREFIX[-folder].npz per checkpoint.
+    Without: each checkpoint's own DIR/analysis/landscape.png and .npz (one line where that folder cannot be
+    written; the result is in the printed table and --json)."""
     from . import plots
 
+    if args.out is None:
+        for label, r in results.items():
+            prefix = Path(r["checkpoint"]) / "analysis" / "landscape"
+            try:
+                prefix.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(prefix.with_name("landscape.npz"), **landscape_arrays(r.data))
+                plots.save(plots.landscape_figure({label: r.data}, surface=args.surface),
+                           str(prefix.with_name("landscape.png")))
+            except OSError as err:
+                print(f"landscape figure of {r['checkpoint']} not written in its analysis/ folder "
+                      f"({err.strerror or err})")
+                continue
+            print(f"wrote {prefix}.png and {prefix}.npz")
+        return
     prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     names = [Path(r["checkpoint"]).name for r in results.values()]

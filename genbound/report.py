@@ -282,6 +282,7 @@ def render_report(result: dict, title: str) -> str:
                      f"{others}{r['train_seconds']:.1f} | {'-' if peak is None else f'{peak / 2**20:.0f}'} |")
     lines += ["", "Vacuous bounds are marked as in the tables above. Theorem 1's bound is on the gap of the unbounded "
               "cross-entropy, which has no largest value, so it is never marked; compare it with gap CE."]
+    lines += analyses_lines(rows)
     for r in rows:
         r.pop("test_err", None)
     return "\n".join(lines) + "\n"
@@ -360,7 +361,44 @@ def render_regression_report(result: dict, title: str) -> str:
                      + "".join(f" {_fmt(r.get(k), 4)} |" for k in metric_keys)
                      + f" {r['gap_mse']:+.4f} | {paper} | {_fmt(r.get('log10_theorem1'), 3)} | "
                      f"{r['train_seconds']:.1f} |")
+    lines += analyses_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+def analyses_lines(rows: list[dict]) -> list[str]:
+    """The "Analyses shown" section: per analysis, the options of the stored results the rows use (those that
+    differ from its defaults), on how many checkpoints, how compare picked them and when they were stored."""
+    names = list(dict.fromkeys(n for r in rows for n in r.get("analyses", {})))
+    if not names:
+        return []
+    lines = ["", "## Analyses shown", ""]
+    for name in names:
+        groups: dict[tuple, list[dict]] = {}
+        for r in rows:
+            a = r.get("analyses", {}).get(name)
+            if a is not None:
+                groups.setdefault((a["shown"], a["picked"]), []).append(r)
+        parts = []
+        for (shown, picked), group in groups.items():
+            days = sorted({r["analyses"][name]["stored"][:10] for r in group})
+            when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+            which = (f"all {len(group)} checkpoints" if len(group) == len(rows) and len(groups) == 1
+                     else ", ".join(Path(r["checkpoint"]).name for r in group))
+            parts.append(f"{shown} ({which}; {'the latest' if picked == 'latest' else 'the options asked'}, "
+                         f"stored {when})")
+        missing = len(rows) - sum(len(g) for g in groups.values())
+        lines.append(f"- {name}: " + "; ".join(parts) + (f"; none stored for {missing} checkpoint(s)" if missing
+                                                          else ""))
+    lines += ["", "Each checkpoint's analysis/ folder keeps one result per set of options (NAME.json the latest); "
+              "compare shows the latest unless `--analyses NAME:OPTION=VALUE,...` asks for the one with those "
+              "options."]
+    return lines
+
+
+def stored_file(row: dict, name: str) -> Path:
+    """The stored result of analysis ``name`` that the row shows (DIR/analysis/NAME.json for rows of before)."""
+    shown = row.get("analyses", {}).get(name)
+    return Path(shown["file"]) if shown else Path(row["checkpoint"]) / "analysis" / f"{name}.json"
 
 
 # ---- figures -------------------------------------------------------------------------------------------
@@ -370,7 +408,7 @@ def landscapes_of(rows: list[dict]) -> dict[str, dict]:
     method order."""
     chosen: dict[str, dict] = {}
     for r in sorted(rows, key=lambda r: (r["seed"], r["rank"])):
-        path = Path(r["checkpoint"]) / "analysis" / "landscape.json"
+        path = stored_file(r, "landscape")
         if r["method"] not in chosen and path.is_file():
             chosen[r["method"]] = {"name": Path(r["checkpoint"]).name, **json.loads(path.read_text())}
     if len({c["one_d"] for c in chosen.values()}) != 1:
@@ -481,7 +519,7 @@ def write_comparison(result: dict, out: Path, title: str) -> None:
     spectra = {}
     first_seed = min(x["seed"] for x in result["rows"])
     for r in sorted(result["rows"], key=lambda r: (plots.method_sort_key(r["method"]), r["rank"])):
-        path = Path(r["checkpoint"]) / "analysis" / "spectrum.json"
+        path = stored_file(r, "spectrum")
         if path.is_file() and r["seed"] == first_seed:
             data = json.loads(path.read_text())
             if "intruders" in data:

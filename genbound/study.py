@@ -4,7 +4,8 @@ against the measured gap (docs/theory.md section 6) and write a report folder.
 A study file (TOML) names one model and one data set, the grid (methods x seeds x ranks, chains for the
 chain methods), the training options, and the analyses to run on every checkpoint. Finished checkpoints
 and analysis results on disk are reused, so an interrupted study resumes where it stopped. Each analysis
-of a checkpoint is stored as DIR/analysis/<name>.json.
+of a checkpoint is stored as DIR/analysis/<name>.json (the latest; one computed with other options before it is
+kept as <name>-KEY.json, ``analyses.store_result``); a stored result is reused when its options are the study's.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint, distributed
-from .analyses import ANALYSES, execute, get_analysis
+from .analyses import ANALYSES, execute, find_stored, get_analysis, options_differ, store_result
 from .errors import GenboundError
-from .files import lock, write_json
+from .files import lock
 
 
 
@@ -131,30 +132,36 @@ def grid(study: Study) -> list[dict]:
 
 def run_analysis(ckpt: Path, name: str, options: Any, device: str = "auto", loaded=None,
                  progress: bool = False) -> dict:
-    """One analysis of one checkpoint, cached in ckpt/analysis/<name>.json (its Result's JSON)."""
-    path = ckpt / "analysis" / f"{name}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    """One analysis of one checkpoint: the stored result computed with these options (``analyses.find_stored``),
+    else computed now and stored (ckpt/analysis/<name>.json, the latest; ``analyses.store_result``)."""
+    found = find_stored(ckpt, name, options)
+    if found is not None:
+        return found[1]
     from .runtime import pick_device
 
     loaded = loaded or checkpoint.load(ckpt, device=pick_device(device))
     result = execute(loaded, name, options, progress).to_json()
-    write_json(path, result)
+    store_result(ckpt, name, result)
     return result
 
 
-def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "auto", log=print) -> None:
-    """Run each of ``analyses`` (default options for the checkpoint's task, ``for_task``) on every checkpoint that
-    lacks its JSON; head-only checkpoints get no spectrum (no adapted matrix)."""
+def fill_missing(dirs: list[str | Path], analyses, device: str = "auto", log=print) -> None:
+    """Run each of ``analyses`` on every checkpoint that lacks it: a list of names (any stored result will do;
+    default options for the checkpoint's task, ``for_task``, where none is stored) or a dict name -> options (a
+    dict: a stored result with these options over the task's defaults is needed; None: any will do). Head-only
+    checkpoints get no spectrum (no adapted matrix). What is computed is stored (``analyses.store_result``)."""
     from .runtime import pick_device
 
-    unknown = sorted(set(analyses) - set(ANALYSES))
+    asked = analyses if isinstance(analyses, dict) else dict.fromkeys(analyses)
+    unknown = sorted(set(asked) - set(ANALYSES))
     if unknown:
         raise GenboundError(f"unknown analysis {unknown}; choose from {list(ANALYSES)}")
     for d in map(Path, dirs):
         manifest = checkpoint.read_manifest(d)
         scope = manifest["method"]["scope"]
-        todo = [a for a in analyses if applies(a, scope) and not (d / "analysis" / f"{a}.json").is_file()]
+        wanted = {a: _options(a, for_task(a, opts or {}, manifest), "compare") for a, opts in asked.items()
+                  if applies(a, scope)}
+        todo = [a for a, opts in wanted.items() if find_stored(d, a, None if asked[a] is None else opts) is None]
         if not todo:
             continue
         try:
@@ -164,7 +171,7 @@ def fill_missing(dirs: list[str | Path], analyses: list[str], device: str = "aut
                                 "only what is on disk)") from None
         for name in todo:
             start = time.perf_counter()
-            run_analysis(d, name, _options(name, for_task(name, {}, manifest), "compare"), device, loaded)
+            run_analysis(d, name, wanted[name], device, loaded)
             log(f"{d.name}: {name} ({time.perf_counter() - start:.1f} s)")
 
 
@@ -193,8 +200,15 @@ def _analyses_of(study: Study, run: dict) -> list[str]:
 def finished(study: Study, run: dict) -> bool:
     """Trained and every analysis written."""
     out = Path(study.runs) / run["name"]
-    return (out / checkpoint.MANIFEST).is_file() and all(
-        (out / "analysis" / f"{a}.json").is_file() for a in _analyses_of(study, run))
+    if not (out / checkpoint.MANIFEST).is_file():
+        return False
+    manifest = checkpoint.read_manifest(out)
+    return all(find_stored(out, a, _asked(study, a, manifest)) is not None for a in _analyses_of(study, run))
+
+
+def _asked(study: Study, name: str, manifest: dict):
+    """The options object the study asks analysis ``name`` to run with on a checkpoint of this manifest."""
+    return _options(name, for_task(name, study.analyses[name], manifest), "study")
 
 
 def _config_drift(expected: dict, recorded: dict) -> list[str]:
@@ -209,17 +223,6 @@ def _config_drift(expected: dict, recorded: dict) -> list[str]:
     except TypeError as err:
         return [f"unreadable settings ({err})"]
     return [f"{k} {b[k]!r} -> {a[k]!r}" for k in sorted(names - {"device", "fsdp"}) if a[k] != b[k]]
-
-
-def _options_drift(name: str, options: Any, stored: dict) -> list[str]:
-    """'option: stored -> asked' for each analysis option the stored result was computed with differently (an
-    option the result does not record counts as its default)."""
-    defaults = dataclasses.asdict(type(options)())
-    asked = dataclasses.asdict(options)
-    have = {k: stored.get("options", {}).get(k, defaults[k]) for k in asked}
-    have = {k: (tuple(v) if isinstance(v, list) else v) for k, v in have.items()}
-    asked = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asked.items()}
-    return [f"{k} {have[k]!r} -> {asked[k]!r}" for k in asked if have[k] != asked[k]]
 
 
 def drift(study: Study, runs: list[dict]) -> list[str]:
@@ -249,11 +252,13 @@ def drift(study: Study, runs: list[dict]) -> list[str]:
         manifest = checkpoint.read_manifest(out) if (out / checkpoint.MANIFEST).is_file() else {}
         if base_state and manifest and manifest["base"].get("sha256") != base_state:
             changes.append("trained from another base than the one now in " + study.model)
-        for name in _analyses_of(study, run):
-            path = out / "analysis" / f"{name}.json"
-            if path.is_file():
-                asked = _options(name, for_task(name, study.analyses[name], manifest), "study")
-                changes += [f"{name}: {c}" for c in _options_drift(name, asked, json.loads(path.read_text()))]
+        for name in _analyses_of(study, run):  # stored with other options only (a result with these is kept too)
+            latest = find_stored(out, name)
+            if latest is None:
+                continue
+            asked = _asked(study, name, manifest)
+            if find_stored(out, name, asked) is None:
+                changes += [f"{name}: {c}" for c in options_differ(asked, latest[1])]
         if changes:
             found.append(f"{run['name']} ({', '.join(changes)})")
     return found
@@ -330,13 +335,14 @@ def _analyse_run(study: Study, run: dict, device: str, progress: bool, log) -> N
 
     out = Path(study.runs) / run["name"]
     loaded = None
+    manifest = checkpoint.read_manifest(out)
     for name in _analyses_of(study, run):
-        if (out / "analysis" / f"{name}.json").is_file():
+        options = _asked(study, name, manifest)
+        if find_stored(out, name, options) is not None:
             continue
         start = time.perf_counter()
         loaded = loaded or checkpoint.load(out, device=pick_device(device))
-        run_analysis(out, name, _options(name, for_task(name, study.analyses[name], loaded.manifest), "study"),
-                     device, loaded, progress=progress)
+        run_analysis(out, name, options, device, loaded, progress=progress)
         log(f"{run['name']}: {name} ({time.perf_counter() - start:.1f} s)")
 
 
@@ -399,7 +405,7 @@ def run_and_report(study: Study, device: str = "auto", progress: bool = True, sh
             raise GenboundError(f"{len(left)} runs are not finished ({', '.join(left[:3])}"
                                 f"{', ...' if len(left) > 3 else ''}): another process holds them; run the study "
                                 "again when it is done for the report")
-        result = compare([Path(study.runs) / r["name"] for r in runs])
+        result = compare([Path(study.runs) / r["name"] for r in runs], options=study.analyses)
         write_comparison(result, Path(study.report), study.name)
         return result
     finally:

@@ -78,7 +78,7 @@ def outputs(tmp_path_factory):
         str(w / "p1.json"))
     run("certify", "--ckpt", ck, "--samples", "3", "--epochs", "1", "--prior", "data", "--prior-epochs", "1",
         "--objective", "kl", "--json", str(w / "p2.json"))
-    (Path(ck) / "analysis").mkdir()
+    (Path(ck) / "analysis").mkdir(exist_ok=True)  # the analyses above stored theirs there already
     (Path(ck) / "analysis" / "certify.json").write_text((w / "p1.json").read_text())
     run("compare", ck, "--out", str(w / "report"), "--json", str(w / "cmp.json"))
     load = lambda name: json.loads((w / name).read_text())  # noqa: E731
