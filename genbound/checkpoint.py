@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from . import __version__
+from . import __version__, timing
 from .build import Built, adapter_state, assign_state, build
 from .data import Task, load_task
 from .errors import CheckpointError, GenboundError, NonFinite, TrainingError
@@ -246,8 +246,9 @@ class Loaded:
     def initial(self) -> Built:
         """The same model before fine-tuning (fresh head and links from the seed), built once, eval mode."""
         if self._initial is None:
-            self._initial = build_from_manifest(self.manifest, self.task, self.base)
-            self._initial.model.to(self.device).eval()
+            with timing.phase("initial_model"):
+                self._initial = build_from_manifest(self.manifest, self.task, self.base)
+                self._initial.model.to(self.device).eval()
         return self._initial
 
 
@@ -346,25 +347,27 @@ def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None 
     ckpt = Path(ckpt)
     man = read_manifest(ckpt)
     verify_file(ckpt, man, ADAPTER)
-    if data is None:
-        task = checked_task(man, ckpt)
-        info = {"name": man["config"]["data"], "other_data": False,
-                "verified": man["task"].get("fingerprint") is not None}
-    else:
-        task = other_task(man, data)
-        same = task.fingerprint() == man["task"].get("fingerprint")
-        info = {"name": data, "other_data": not same, "verified": same, "trained_on": man["config"]["data"]}
-    built = build_from_manifest(man, task, base)
-    try:
-        tensors = load_file(str(ckpt / ADAPTER))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{ckpt / ADAPTER} is missing or corrupt ({str(err).splitlines()[0]})") from None
-    assign_state(built.model, tensors, str(ckpt / ADAPTER))
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{ckpt / ADAPTER}: tensor {name} holds inf or nan values")
-    if "subspace" in man:
-        check_subspace(ckpt, man, tensors, task, base)
-    dev = torch.device(device)
-    built.model.to(dev).eval()
+    with timing.phase("data"):
+        if data is None:
+            task = checked_task(man, ckpt)
+            info = {"name": man["config"]["data"], "other_data": False,
+                    "verified": man["task"].get("fingerprint") is not None}
+        else:
+            task = other_task(man, data)
+            same = task.fingerprint() == man["task"].get("fingerprint")
+            info = {"name": data, "other_data": not same, "verified": same, "trained_on": man["config"]["data"]}
+    with timing.phase("model"):
+        built = build_from_manifest(man, task, base)
+        try:
+            tensors = load_file(str(ckpt / ADAPTER))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{ckpt / ADAPTER} is missing or corrupt ({str(err).splitlines()[0]})") from None
+        assign_state(built.model, tensors, str(ckpt / ADAPTER))
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CheckpointError(f"{ckpt / ADAPTER}: tensor {name} holds inf or nan values")
+        if "subspace" in man:
+            check_subspace(ckpt, man, tensors, task, base)
+        dev = torch.device(device)
+        built.model.to(dev).eval()
     return Loaded(built.model, man, task, built, dev, base, ckpt, info)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from . import timing  # first: its clock starts the command's "import" phase
 from .analyses import ANALYSES, execute, get_analysis
 from .errors import GenboundError, Interrupted
 from .options import add_options, options_from
@@ -68,22 +69,35 @@ def print_metrics(man: dict) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     """Under torchrun (``torchrun --nproc-per-node N -m genbound train ...``) the run is trained over every
     process; rank 0 prints and writes."""
-    from . import distributed
-    from .config import TrainConfig
-    from .train import train
+    with timing.phase("import"):
+        from . import distributed
+        from .config import TrainConfig
+        from .train import train
 
     if not args.resume and not args.out:
         raise GenboundError("train needs --out DIR (or --resume DIR)")
     try:
-        if args.resume:
-            man = train(None, args.resume, resume=True, progress=not args.quiet, data_parallel=True)
-        else:
-            man = train(options_from(args, TrainConfig), args.out, progress=not args.quiet, data_parallel=True)
+        with timing.phase("train"):
+            if args.resume:
+                man = train(None, args.resume, resume=True, progress=not args.quiet, data_parallel=True)
+            else:
+                man = train(options_from(args, TrainConfig), args.out, progress=not args.quiet, data_parallel=True)
     finally:
         distributed.finish()
     if distributed.context().main:
         print_metrics(man)
-        write_json(args.json, man)
+        phases = train_phases(man)
+        timing.report(args.command, phases)
+        write_json(args.json, {**man, "phases": phases})
+
+
+def train_phases(man: dict) -> dict[str, float]:
+    """Where train's wall time went: imports, the training steps (work: the manifest's train_seconds) and the
+    rest of the train call (data, tokenisation, model, evaluation, saving)."""
+    phases = timing.take("import", "train")
+    work = man["timing"]["train_seconds"]
+    return {"import": phases["import"], "work": round(work, 4), "setup": round(phases["train"] - work, 4),
+            "wall": round(timing.since_start(), 4)}
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -228,14 +242,18 @@ def _analyse(mod, options, args: argparse.Namespace, ranks) -> None:
     quiet = ranks is not None and not ranks.main
     results = {}
     for ckpt in args.ckpt:
-        loaded = load_for_analysis(ckpt, args, ranks)
+        with timing.phase("load"):  # checkpoint.load records its "data" and "model" phases within
+            loaded = load_for_analysis(ckpt, args, ranks)
         path = str(loaded.path)
         try:
-            result = execute(loaded, args.command, options, progress=not (args.quiet or quiet), ranks=ranks)
+            with timing.phase("work"):  # Loaded.initial() records its "initial_model" phase within
+                result = execute(loaded, args.command, options, progress=not (args.quiet or quiet), ranks=ranks)
         except GenboundError as err:
             raise GenboundError(f"{path}: {err}") from None
         if quiet:
             continue  # the table, the files and the JSON are rank 0's
+        result.data["phases"] = analysis_phases()
+        timing.report(args.command, result.data["phases"])
         if loaded.other_data or args.data:
             result.data["data"] = loaded.data
         if loaded.other_data:
@@ -250,6 +268,18 @@ def _analyse(mod, options, args: argparse.Namespace, ranks) -> None:
     if hasattr(mod, "write_outputs"):
         mod.write_outputs(results, args)
     write_results(args.json, {k: r.to_json() for k, r in results.items()}, args.command)
+
+
+def analysis_phases() -> dict[str, float]:
+    """Where one checkpoint's analysis went (seconds): import (the first checkpoint's), data (the task loaded and
+    checked), model (the base built, the trained weights assigned), checkpoint (the rest of loading: manifest,
+    sha256 checks), initial_model (the model before training, when the analysis asks for it), work (the analysis
+    itself) and wall (since the command started)."""
+    p = timing.take("import", "load", "data", "model", "initial_model", "work")
+    load = p.pop("load")
+    p["checkpoint"] = round(max(0.0, load - p["data"] - p["model"]), 4)
+    p["work"] = round(max(0.0, p["work"] - p["initial_model"]), 4)
+    return {**p, "wall": round(timing.since_start(), 4)}
 
 
 # ---- comparisons and studies -----------------------------------------------------------------------------
@@ -424,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     only = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only if only in ORDER else None)
     args = parser.parse_args(argv)
+    timing.add("import", timing.since_start())  # an analysis's module (and torch) is imported by its parser
     _stdout = sys.stdout
     # with --json -, stdout carries the JSON alone (for jq and friends): the table goes to stderr
     table = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", None) == "-" else contextlib.nullcontext()
