@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from . import __version__, timing
 from .build import Built, adapter_state, assign_state, build
-from .data import Task, load_task
+from .data import Split, Task, load_task
 from .errors import CheckpointError, GenboundError, NonFinite, TrainingError
 from .files import atomic_save_tensors, atomic_write_text, check_folder_writable, json_text, sha256_file
 
@@ -290,6 +290,24 @@ def checked_task(man: dict, where: Path) -> Task:
     return task
 
 
+def task_without_examples(man: dict) -> Task | None:
+    """The checkpoint's task as its manifest records it (name, kind, classes, problem, metrics) with empty splits,
+    for an analysis that reads the weights alone: the model is built from it as from the task itself. None where
+    building the model needs the examples' shape (an image model's pixel count)."""
+    entry, base = man["task"], man["base"]
+    if entry["kind"] == "text":
+        x = []
+    elif base["kind"] == "mlp" and isinstance(base.get("sizes"), list) and base["sizes"]:
+        x = torch.zeros(0, int(base["sizes"][0]))
+    else:
+        return None
+    problem = problem_of(man)
+    empty = Split(x, torch.zeros(0, dtype=torch.float32 if problem == "regression" else torch.int64))
+    info = {k: v for k, v in entry.items() if k not in ("name", "kind", "num_classes", "problem", "metrics")}
+    return Task(entry["name"], entry["kind"], entry["num_classes"], empty, empty, [], info, problem,
+                tuple(metrics_of(man)))
+
+
 def other_task(man: dict, data: str) -> Task:
     """Task ``data`` (split with the checkpoint's seed, its default sizes) for evaluating on other data on
     purpose; it must have the checkpoint's number of classes."""
@@ -338,17 +356,23 @@ def check_subspace(ckpt: Path, man: dict, tensors: dict[str, torch.Tensor], task
 
 
 def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None = None,
-         data: str | None = None) -> Loaded:
+         data: str | None = None, examples: bool = True) -> Loaded:
     """Rebuild the fine-tuned model of a checkpoint (eval mode, on ``device``) with its task's data.
 
     Verifies adapter.safetensors against the manifest's sha256 and the data against its fingerprints.
     ``base`` points at the base model when it has moved (its sha256 must still match); ``data`` evaluates on
-    another task on purpose (recorded in ``Loaded.data``)."""
+    another task on purpose (recorded in ``Loaded.data``). ``examples`` False (an analysis that reads only the
+    weights): the task's examples are not loaded where the manifest says enough to build the model
+    (``task_without_examples``; ``Loaded.data["loaded"]`` is then False); the weights are verified all the same."""
     ckpt = Path(ckpt)
     man = read_manifest(ckpt)
     verify_file(ckpt, man, ADAPTER)
+    shell = task_without_examples(man) if data is None and not examples else None
     with timing.phase("data"):
-        if data is None:
+        if shell is not None:
+            task = shell
+            info = {"name": man["config"]["data"], "other_data": False, "verified": False, "loaded": False}
+        elif data is None:
             task = checked_task(man, ckpt)
             info = {"name": man["config"]["data"], "other_data": False,
                     "verified": man["task"].get("fingerprint") is not None}

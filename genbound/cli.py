@@ -142,7 +142,7 @@ def cmd_import_peft(args: argparse.Namespace) -> None:
 
 
 # ---- analyses ----------------------------------------------------------------------------------------------
-def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None):
+def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None, examples: bool = True):
     """The checkpoint (or PEFT folder, imported) loaded for an analysis, with --base and --data applied, on this
     rank's device (its LOCAL_RANK GPU under torchrun). With ``ranks`` rank 0 alone resolves the folder (a PEFT
     folder is imported once) and tells the others, or raises its error on every rank."""
@@ -163,7 +163,7 @@ def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None):
     else:
         path, is_peft = resolve_ckpt(ckpt, args)
     device = distributed.device_of(distributed.context(), args.device)
-    return load(path, device=device, base=args.base, data=None if is_peft else args.data)
+    return load(path, device=device, base=args.base, data=None if is_peft else args.data, examples=examples)
 
 
 def resolve_ckpt(ckpt: str, args: argparse.Namespace) -> tuple[str, bool]:
@@ -243,7 +243,7 @@ def _analyse(mod, options, args: argparse.Namespace, ranks) -> None:
     results = {}
     for ckpt in args.ckpt:
         with timing.phase("load"):  # checkpoint.load records its "data" and "model" phases within
-            loaded = load_for_analysis(ckpt, args, ranks)
+            loaded = load_for_analysis(ckpt, args, ranks, examples=getattr(mod, "NEEDS_EXAMPLES", True))
         path = str(loaded.path)
         try:
             with timing.phase("work"):  # Loaded.initial() records its "initial_model" phase within
