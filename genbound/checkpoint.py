@@ -9,10 +9,11 @@ differs (unless other data is asked for explicitly), and a manifest that lacks a
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -238,17 +239,26 @@ class Loaded:
     path: Path | None = None
     data: dict = field(default_factory=dict)
     _initial: Built | None = field(default=None, repr=False)
+    _step0: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the trained tensors at step 0
 
     @property
     def other_data(self) -> bool:
         return bool(self.data.get("other_data"))
 
     def initial(self) -> Built:
-        """The same model before fine-tuning (fresh head and links from the seed), built once, eval mode."""
+        """The same model before fine-tuning (fresh head and links from the seed), made once, eval mode: a copy
+        of the loaded model with the step-0 values of its trained tensors put back (kept by ``load`` before
+        the checkpoint's were assigned), so the base is not read again; rebuilt from the manifest otherwise."""
         if self._initial is None:
             with timing.phase("initial_model"):
-                self._initial = build_from_manifest(self.manifest, self.task, self.base)
-                self._initial.model.to(self.device).eval()
+                if self._step0 is None:
+                    self._initial = build_from_manifest(self.manifest, self.task, self.base)
+                    self._initial.model.to(self.device).eval()
+                else:
+                    model = copy.deepcopy(self.model).eval()
+                    assign_state(model, self._step0, "the step-0 values")
+                    self._initial = replace(self.built, model=model,
+                                            backbone=replace(self.built.backbone, model=model))
         return self._initial
 
 
@@ -386,6 +396,7 @@ def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None 
             tensors = load_file(str(ckpt / ADAPTER))
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{ckpt / ADAPTER} is missing or corrupt ({str(err).splitlines()[0]})") from None
+        step0 = {k: v.clone() for k, v in adapter_state(built.model).items()}  # for initial(), on the CPU
         assign_state(built.model, tensors, str(ckpt / ADAPTER))
         for name, t in tensors.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -394,4 +405,4 @@ def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None 
             check_subspace(ckpt, man, tensors, task, base)
         dev = torch.device(device)
         built.model.to(dev).eval()
-    return Loaded(built.model, man, task, built, dev, base, ckpt, info)
+    return Loaded(built.model, man, task, built, dev, base, ckpt, info, _step0=step0)

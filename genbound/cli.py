@@ -454,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     only = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only if only in ORDER else None)
     args = parser.parse_args(argv)
+    timing.reset()
     timing.add("import", timing.since_start())  # an analysis's module (and torch) is imported by its parser
     _stdout = sys.stdout
     # with --json -, stdout carries the JSON alone (for jq and friends): the table goes to stderr

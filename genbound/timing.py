@@ -39,6 +39,11 @@ def add(name: str, seconds: float) -> None:
     _seconds[name] = _seconds.get(name, 0.0) + seconds
 
 
+def reset() -> None:
+    """Forget every phase (a command starts with none; the Python API may have run phases before)."""
+    _seconds.clear()
+
+
 def seconds(name: str) -> float:
     return _seconds.get(name, 0.0)
 
