@@ -9,19 +9,20 @@ differs (unless other data is asked for explicitly), and a manifest that lacks a
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from . import __version__
+from . import __version__, timing
 from .build import Built, adapter_state, assign_state, build
-from .data import Task, load_task
+from .data import Split, Task, load_task
 from .errors import CheckpointError, GenboundError, NonFinite, TrainingError
 from .files import atomic_save_tensors, atomic_write_text, check_folder_writable, json_text, sha256_file
 
@@ -238,16 +239,26 @@ class Loaded:
     path: Path | None = None
     data: dict = field(default_factory=dict)
     _initial: Built | None = field(default=None, repr=False)
+    _step0: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the trained tensors at step 0
 
     @property
     def other_data(self) -> bool:
         return bool(self.data.get("other_data"))
 
     def initial(self) -> Built:
-        """The same model before fine-tuning (fresh head and links from the seed), built once, eval mode."""
+        """The same model before fine-tuning (fresh head and links from the seed), made once, eval mode: a copy
+        of the loaded model with the step-0 values of its trained tensors put back (kept by ``load`` before
+        the checkpoint's were assigned), so the base is not read again; rebuilt from the manifest otherwise."""
         if self._initial is None:
-            self._initial = build_from_manifest(self.manifest, self.task, self.base)
-            self._initial.model.to(self.device).eval()
+            with timing.phase("initial_model"):
+                if self._step0 is None:
+                    self._initial = build_from_manifest(self.manifest, self.task, self.base)
+                    self._initial.model.to(self.device).eval()
+                else:
+                    model = copy.deepcopy(self.model).eval()
+                    assign_state(model, self._step0, "the step-0 values")
+                    self._initial = replace(self.built, model=model,
+                                            backbone=replace(self.built.backbone, model=model))
         return self._initial
 
 
@@ -287,6 +298,24 @@ def checked_task(man: dict, where: Path) -> Task:
             raise CheckpointError(f"{where}: the data {cfg['data']} changed since training ({sizes}; examples or "
                                   f"labels differ); pass --data {cfg['data']} to evaluate on it as it is now")
     return task
+
+
+def task_without_examples(man: dict) -> Task | None:
+    """The checkpoint's task as its manifest records it (name, kind, classes, problem, metrics) with empty splits,
+    for an analysis that reads the weights alone: the model is built from it as from the task itself. None where
+    building the model needs the examples' shape (an image model's pixel count)."""
+    entry, base = man["task"], man["base"]
+    if entry["kind"] == "text":
+        x = []
+    elif base["kind"] == "mlp" and isinstance(base.get("sizes"), list) and base["sizes"]:
+        x = torch.zeros(0, int(base["sizes"][0]))
+    else:
+        return None
+    problem = problem_of(man)
+    empty = Split(x, torch.zeros(0, dtype=torch.float32 if problem == "regression" else torch.int64))
+    info = {k: v for k, v in entry.items() if k not in ("name", "kind", "num_classes", "problem", "metrics")}
+    return Task(entry["name"], entry["kind"], entry["num_classes"], empty, empty, [], info, problem,
+                tuple(metrics_of(man)))
 
 
 def other_task(man: dict, data: str) -> Task:
@@ -337,34 +366,43 @@ def check_subspace(ckpt: Path, man: dict, tensors: dict[str, torch.Tensor], task
 
 
 def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None = None,
-         data: str | None = None) -> Loaded:
+         data: str | None = None, examples: bool = True) -> Loaded:
     """Rebuild the fine-tuned model of a checkpoint (eval mode, on ``device``) with its task's data.
 
     Verifies adapter.safetensors against the manifest's sha256 and the data against its fingerprints.
     ``base`` points at the base model when it has moved (its sha256 must still match); ``data`` evaluates on
-    another task on purpose (recorded in ``Loaded.data``)."""
+    another task on purpose (recorded in ``Loaded.data``). ``examples`` False (an analysis that reads only the
+    weights): the task's examples are not loaded where the manifest says enough to build the model
+    (``task_without_examples``; ``Loaded.data["loaded"]`` is then False); the weights are verified all the same."""
     ckpt = Path(ckpt)
     man = read_manifest(ckpt)
     verify_file(ckpt, man, ADAPTER)
-    if data is None:
-        task = checked_task(man, ckpt)
-        info = {"name": man["config"]["data"], "other_data": False,
-                "verified": man["task"].get("fingerprint") is not None}
-    else:
-        task = other_task(man, data)
-        same = task.fingerprint() == man["task"].get("fingerprint")
-        info = {"name": data, "other_data": not same, "verified": same, "trained_on": man["config"]["data"]}
-    built = build_from_manifest(man, task, base)
-    try:
-        tensors = load_file(str(ckpt / ADAPTER))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{ckpt / ADAPTER} is missing or corrupt ({str(err).splitlines()[0]})") from None
-    assign_state(built.model, tensors, str(ckpt / ADAPTER))
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{ckpt / ADAPTER}: tensor {name} holds inf or nan values")
-    if "subspace" in man:
-        check_subspace(ckpt, man, tensors, task, base)
-    dev = torch.device(device)
-    built.model.to(dev).eval()
-    return Loaded(built.model, man, task, built, dev, base, ckpt, info)
+    shell = task_without_examples(man) if data is None and not examples else None
+    with timing.phase("data"):
+        if shell is not None:
+            task = shell
+            info = {"name": man["config"]["data"], "other_data": False, "verified": False, "loaded": False}
+        elif data is None:
+            task = checked_task(man, ckpt)
+            info = {"name": man["config"]["data"], "other_data": False,
+                    "verified": man["task"].get("fingerprint") is not None}
+        else:
+            task = other_task(man, data)
+            same = task.fingerprint() == man["task"].get("fingerprint")
+            info = {"name": data, "other_data": not same, "verified": same, "trained_on": man["config"]["data"]}
+    with timing.phase("model"):
+        built = build_from_manifest(man, task, base)
+        try:
+            tensors = load_file(str(ckpt / ADAPTER))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{ckpt / ADAPTER} is missing or corrupt ({str(err).splitlines()[0]})") from None
+        step0 = {k: v.clone() for k, v in adapter_state(built.model).items()}  # for initial(), on the CPU
+        assign_state(built.model, tensors, str(ckpt / ADAPTER))
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CheckpointError(f"{ckpt / ADAPTER}: tensor {name} holds inf or nan values")
+        if "subspace" in man:
+            check_subspace(ckpt, man, tensors, task, base)
+        dev = torch.device(device)
+        built.model.to(dev).eval()
+    return Loaded(built.model, man, task, built, dev, base, ckpt, info, _step0=step0)

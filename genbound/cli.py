@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from . import timing  # first: its clock starts the command's "import" phase
 from .analyses import ANALYSES, execute, get_analysis
 from .errors import GenboundError, Interrupted
 from .options import add_options, options_from
@@ -68,22 +69,35 @@ def print_metrics(man: dict) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     """Under torchrun (``torchrun --nproc-per-node N -m genbound train ...``) the run is trained over every
     process; rank 0 prints and writes."""
-    from . import distributed
-    from .config import TrainConfig
-    from .train import train
+    with timing.phase("import"):
+        from . import distributed
+        from .config import TrainConfig
+        from .train import train
 
     if not args.resume and not args.out:
         raise GenboundError("train needs --out DIR (or --resume DIR)")
     try:
-        if args.resume:
-            man = train(None, args.resume, resume=True, progress=not args.quiet, data_parallel=True)
-        else:
-            man = train(options_from(args, TrainConfig), args.out, progress=not args.quiet, data_parallel=True)
+        with timing.phase("train"):
+            if args.resume:
+                man = train(None, args.resume, resume=True, progress=not args.quiet, data_parallel=True)
+            else:
+                man = train(options_from(args, TrainConfig), args.out, progress=not args.quiet, data_parallel=True)
     finally:
         distributed.finish()
     if distributed.context().main:
         print_metrics(man)
-        write_json(args.json, man)
+        phases = train_phases(man)
+        timing.report(args.command, phases)
+        write_json(args.json, {**man, "phases": phases})
+
+
+def train_phases(man: dict) -> dict[str, float]:
+    """Where train's wall time went: imports, the training steps (work: the manifest's train_seconds) and the
+    rest of the train call (data, tokenisation, model, evaluation, saving)."""
+    phases = timing.take("import", "train")
+    work = man["timing"]["train_seconds"]
+    return {"import": phases["import"], "work": round(work, 4), "setup": round(phases["train"] - work, 4),
+            "wall": round(timing.since_start(), 4)}
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -128,7 +142,7 @@ def cmd_import_peft(args: argparse.Namespace) -> None:
 
 
 # ---- analyses ----------------------------------------------------------------------------------------------
-def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None):
+def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None, examples: bool = True):
     """The checkpoint (or PEFT folder, imported) loaded for an analysis, with --base and --data applied, on this
     rank's device (its LOCAL_RANK GPU under torchrun). With ``ranks`` rank 0 alone resolves the folder (a PEFT
     folder is imported once) and tells the others, or raises its error on every rank."""
@@ -149,7 +163,7 @@ def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None):
     else:
         path, is_peft = resolve_ckpt(ckpt, args)
     device = distributed.device_of(distributed.context(), args.device)
-    return load(path, device=device, base=args.base, data=None if is_peft else args.data)
+    return load(path, device=device, base=args.base, data=None if is_peft else args.data, examples=examples)
 
 
 def resolve_ckpt(ckpt: str, args: argparse.Namespace) -> tuple[str, bool]:
@@ -228,14 +242,20 @@ def _analyse(mod, options, args: argparse.Namespace, ranks) -> None:
     quiet = ranks is not None and not ranks.main
     results = {}
     for ckpt in args.ckpt:
-        loaded = load_for_analysis(ckpt, args, ranks)
+        with timing.phase("load"):  # checkpoint.load records its "data" and "model" phases within
+            loaded = load_for_analysis(ckpt, args, ranks, examples=getattr(mod, "NEEDS_EXAMPLES", True))
         path = str(loaded.path)
         try:
-            result = execute(loaded, args.command, options, progress=not (args.quiet or quiet), ranks=ranks)
+            timing.reset_gpu_peak(loaded.device)
+            with timing.phase("work"):  # Loaded.initial() records its "initial_model" phase within
+                result = execute(loaded, args.command, options, progress=not (args.quiet or quiet), ranks=ranks)
         except GenboundError as err:
             raise GenboundError(f"{path}: {err}") from None
         if quiet:
             continue  # the table, the files and the JSON are rank 0's
+        result.data["phases"] = analysis_phases()
+        result.data["peak_gpu_memory_bytes"] = timing.gpu_peak(loaded.device)  # the analysis's, not the load's
+        timing.report(args.command, result.data["phases"])
         if loaded.other_data or args.data:
             result.data["data"] = loaded.data
         if loaded.other_data:
@@ -266,6 +286,18 @@ def store_in_checkpoint(name: str, ckpt: str, result, other_data: bool) -> None:
         store_result(ckpt, name, result.to_json())
     except OSError as err:
         print(f"{name} of {ckpt} not stored in its analysis/ folder ({err.strerror or err})")
+
+
+def analysis_phases() -> dict[str, float]:
+    """Where one checkpoint's analysis went (seconds): import (the first checkpoint's), data (the task loaded and
+    checked), model (the base built, the trained weights assigned), checkpoint (the rest of loading: manifest,
+    sha256 checks), initial_model (the model before training, when the analysis asks for it), work (the analysis
+    itself) and wall (since the command started)."""
+    p = timing.take("import", "load", "data", "model", "initial_model", "work")
+    load = p.pop("load")
+    p["checkpoint"] = round(max(0.0, load - p["data"] - p["model"]), 4)
+    p["work"] = round(max(0.0, p["work"] - p["initial_model"]), 4)
+    return {**p, "wall": round(timing.since_start(), 4)}
 
 
 # ---- comparisons and studies -----------------------------------------------------------------------------
@@ -485,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     only = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only if only in ORDER else None)
     args = parser.parse_args(argv)
+    timing.reset()
+    timing.add("import", timing.since_start())  # an analysis's module (and torch) is imported by its parser
     _stdout = sys.stdout
     # with --json -, stdout carries the JSON alone (for jq and friends): the table goes to stderr
     table = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", None) == "-" else contextlib.nullcontext()

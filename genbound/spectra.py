@@ -147,6 +147,9 @@ def checkpoint_spectrum(loaded, intruders: bool = False, top_k: int = 10) -> dic
 
 
 # ---- the analysis contract (genbound/analyses.py) -------------------------------------------------------
+NEEDS_EXAMPLES = False  # the trained and the initial weights alone: the command line loads no data for it
+
+
 @dataclass
 class Options:
     intruders: bool = opt(True, "count intruder dimensions (Shuttleworth et al. 2024)")
@@ -199,7 +202,8 @@ class Result(result.Result):
 
 
 def run(loaded, options: Options, progress: bool = False) -> Result:
-    return Result({**checkpoint_spectrum(loaded, options.intruders, options.top_k), "options": asdict(options)})
+    return Result({**checkpoint_spectrum(loaded, options.intruders, options.top_k), "options": asdict(options),
+                   "data_loaded": loaded.data.get("loaded", True)})
 
 
 OUTPUTS = [("plot", "--plot", "file")]

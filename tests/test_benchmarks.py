@@ -99,3 +99,31 @@ def test_hessian_benchmark_top_k_mode(tmp_path, monkeypatch, one_thread):
     assert all(r["trace_stderr"] is not None for r in info["runs"])
     assert info["ratios"] is not None and info["ratios"]["passes_ratio_eigen"] > 0
     assert "| genbound |" in (tmp_path / "hessian_speed_top3_trainable.md").read_text()
+
+
+@pytest.mark.slow
+def test_user_flow_runs_every_command_and_prints_where_the_time_went(tmp_path):
+    """benchmarks/user_flow.sh with SMOKE=1 (tiny-bert, a few steps, on the CPU): every command of the flow runs,
+    and each row's wall time is its work (from the command's JSON phases) plus the fixed cost."""
+    import json
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "flow"
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "PYTHON": sys.executable,
+           "GENBOUND_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "user_flow.sh")], cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in (out / "table.md").read_text().splitlines()[2:]]
+    names = [r[0].strip() for r in rows]
+    assert names == ["train-lora", "train-cla", "spectrum", "compute", "hessian", "landscape", "compare"]
+    for name, wall, work, fixed in rows:
+        if name.strip() == "compare":
+            assert work.strip() == fixed.strip() == "-"
+            continue
+        phases = json.loads((out / f"{name.strip()}.json").read_text())["phases"]
+        assert float(work) == pytest.approx(phases["work"], abs=0.051)
+        assert float(wall) == pytest.approx(float(work) + float(fixed), abs=0.11)
+    assert "timing: import" in (out / "spectrum.err").read_text()  # GENBOUND_TIMING=1 is on

@@ -84,7 +84,8 @@ def test_theorem1_bracket_holds_on_the_trained_network(ckpts, method):
 def test_initial_values_equal_the_step0_snapshot(ckpts):
     for method in ("lora", "paca", "cola", "full"):
         loaded = checkpoint.load(ckpts / method)
-        init = checkpoint.build_from_manifest(loaded.manifest, loaded.task)
+        init = loaded.initial()  # made from the loaded model, not read from the base again
+        same_as_a_fresh_build(init, checkpoint.build_from_manifest(loaded.manifest, loaded.task))
         pairs = trained_deltas(loaded, init)
         snap0 = first_snapshot(ckpts / method)
         chain = loaded.manifest["method"]["chain_k"] > 1
@@ -97,6 +98,41 @@ def test_initial_values_equal_the_step0_snapshot(ckpts):
                 r = loaded.manifest["method"]["rank"]
                 torch.testing.assert_close(start[:r], snap0[name.replace("frozen_A", "lora_A")], rtol=0, atol=0)
         assert any((f != s).any() for f, s in pairs.values())
+
+
+def same_as_a_fresh_build(init, fresh) -> None:
+    """Every tensor of ``init`` (Loaded.initial) equals, bit for bit, a model rebuilt from the manifest."""
+    a, b = init.model.state_dict(), fresh.model.state_dict()
+    assert list(a) == list(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name].cpu(), b[name].cpu()), name
+    assert [n for n, p in init.model.named_parameters() if p.requires_grad] == \
+        [n for n, p in fresh.model.named_parameters() if p.requires_grad]
+    assert init.targets == fresh.targets and init.backbone.model is init.model
+
+
+@pytest.mark.parametrize("model,method,chain", [("tiny-bert", "lora", 1), ("tiny-bert", "full", 1),
+                                                ("tiny-llama", "cla", 1), ("tiny-llama", "c3la", 3)])
+def test_initial_model_of_text_models_equals_a_fresh_build(tmp_path, model, method, chain):
+    """Loaded.initial() on the tiny text models, full fine-tuning and a chain included: the same tensors as a
+    model rebuilt from the manifest (the base read again), the step-0 snapshot's values, and the same logits."""
+    csv = tmp_path / "t.csv"
+    csv.write_text("text,label\n" + "".join(f"{w} {w} x{i},{w}\n" for i in range(20) for w in ["aa", "bb", "cc"]))
+    ck = tmp_path / "ck"
+    train(TrainConfig(model=model, data=str(csv), method=method, rank=2, chain=chain, steps=6, lr=1e-2,
+                      eval_samples=10), ck, progress=False)
+    loaded = checkpoint.load(ck)
+    init, fresh = loaded.initial(), checkpoint.build_from_manifest(loaded.manifest, loaded.task)
+    same_as_a_fresh_build(init, fresh)
+    assert loaded.initial() is init  # made once
+    snap0, trained = first_snapshot(ck), dict(trained_deltas(loaded, init))
+    assert any((f != s).any() for f, s in trained.values())  # the loaded model kept its trained values
+    for name, (_, start) in trained.items():
+        if name in snap0 and not (chain > 1 and name.endswith(("lora_A", "idx"))):
+            torch.testing.assert_close(start, snap0[name].to(start.dtype), rtol=0, atol=0, msg=name)
+    batch = loaded.built.backbone.encode(loaded.task.test)
+    with torch.no_grad():
+        torch.testing.assert_close(init.model(**batch).logits, fresh.model.eval()(**batch).logits, rtol=0, atol=0)
 
 
 def test_measured_numbers_and_the_paper_term(ckpts):

@@ -170,3 +170,36 @@ def test_spectrum_counts_match_the_layers(tmp_path):
     assert it["mean_counts_per_type"] == {"hidden": pytest.approx(it["mean_counts"])}  # both are hidden.N
     all_counts = direct_intruders(layer.weight.double().numpy(), w, None, EPS_GRID[13])
     assert it["counts_all_per_matrix"][names[-1]][13] == all_counts
+
+
+def test_spectrum_loads_no_data_and_compute_still_needs_it(tmp_path, monkeypatch, capsys):
+    """spectrum reads the weights alone: with the checkpoint's csv deleted it gives the same numbers (and says
+    the data were not loaded); compute still refuses in one line; a changed adapter file is still refused."""
+    monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path / "cache"))
+    csv = tmp_path / "t.csv"
+    csv.write_text("text,label\n" + "".join(f"{w} {w} x{i},{w}\n" for i in range(20) for w in ["aa", "bb", "cc"]))
+    ck = tmp_path / "ck"
+    train(TrainConfig(model="tiny-bert", data=str(csv), method="lora", rank=2, steps=3, eval_samples=10), ck,
+          progress=False)
+    assert main(["spectrum", "--ckpt", str(ck), "--json", str(tmp_path / "a.json")]) == 0
+    csv.unlink()
+    assert main(["spectrum", "--ckpt", str(ck), "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert a["data_loaded"] is False and b["data_loaded"] is False
+    assert a["matrices"] == b["matrices"] and a["intruders"]["counts_per_matrix"] == b["intruders"]["counts_per_matrix"]
+    # the same numbers as a load with the data (the Python API loads it by default)
+    from genbound import checkpoint
+    from genbound.spectra import checkpoint_spectrum
+
+    csv.write_text("text,label\n" + "".join(f"{w} {w} x{i},{w}\n" for i in range(20) for w in ["aa", "bb", "cc"]))
+    full = checkpoint_spectrum(checkpoint.load(ck), intruders=True)
+    assert [m["singular_values"] for m in full["matrices"]] == [m["singular_values"] for m in b["matrices"]]
+    csv.unlink()
+    capsys.readouterr()
+    assert main(["compute", "--ckpt", str(ck)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "t.csv" in err[0]
+    adapter = ck / "adapter.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-1] + b" ")
+    assert main(["spectrum", "--ckpt", str(ck)]) == 2
+    assert "sha256" in capsys.readouterr().err
