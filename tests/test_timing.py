@@ -5,7 +5,6 @@ import json
 
 from genbound import timing
 from genbound.cli import main
-from genbound.train import TrainConfig, train
 
 
 def test_phases_nest_and_are_cleared_when_taken():
