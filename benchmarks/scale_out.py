@@ -63,7 +63,7 @@ def genbound(nprocs: int, args: list[str], env: dict, log: Path) -> float:
 
 def numbers(obj, prefix: str = "") -> dict[str, float]:
     """Every finite number in a JSON tree, by path (timings and memory left out: they are meant to differ)."""
-    skip = ("time", "seconds", "peak", "memory", "wall", "_s", "environment", "created", "world")
+    skip = ("time", "seconds", "peak", "memory", "wall", "_s", "environment", "created", "world", "phases")
     out: dict[str, float] = {}
     if isinstance(obj, dict):
         for k, v in obj.items():
