@@ -3,7 +3,7 @@
 An analysis opens ``work(total, desc, unit, enabled)`` around its work, with the count of its units (evaluation
 batches, QAT steps, grid chunks, data passes) computed up front; the loops that do the units call ``tick()``,
 which does nothing when no bar is open (tests, the Python API, other ranks than 0, --quiet). Bars are written to
-stderr, so a command's stdout stays its result.
+stderr, and only when it is a terminal, so a command's stdout stays its result and a log or an error stays clean.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def work(total: int, desc: str, unit: str = "batch", enabled: bool = True) -> It
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=max(int(total), 0), desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=max(int(total), 0), desc=desc, unit=unit, dynamic_ncols=True, leave=False,
+               disable=None)  # None: drawn on a terminal only, so logs and a failing command's one line stay clean
     _current.append(bar)
     try:
         yield

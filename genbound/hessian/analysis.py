@@ -238,8 +238,8 @@ def hessian_analysis(loaded: Loaded, opts: HessianOptions, progress: bool = Fals
     model = working_model(loaded.model, dtype)
     was_training = model.training
     model.eval()
-    bar = tqdm(desc=f"hessian ({opts.backend}, at most)", unit="pass", disable=not progress, dynamic_ncols=True,
-               total=pass_bound(opts), leave=False)
+    bar = tqdm(desc=f"hessian ({opts.backend}, at most)", unit="pass", disable=None if progress else True,
+               dynamic_ncols=True, total=pass_bound(opts), leave=False)  # None: drawn on a terminal only
     runs, costs = [], None
     try:
         model = space_model(model, opts.params)
