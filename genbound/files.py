@@ -43,6 +43,12 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
+def cache_dir() -> Path:
+    """Where genbound keeps what it can recompute (SVDs of base weights, tokenized splits): GENBOUND_CACHE, else
+    ~/.cache/genbound. Deleting it loses nothing but time."""
+    return Path(os.environ.get("GENBOUND_CACHE") or Path.home() / ".cache" / "genbound")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda tmp: Path(tmp).write_text(text))
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from .data import Split, Task
 from .errors import CheckpointError, GenboundError
-from .files import sha256_file
+from .files import atomic_save_tensors, cache_dir, sha256_file
 from .hub import hub_reachable
 from .images import VIT_SIZES, Pixels, is_image_classifier, pixels_for, random_vit
 from .layers import is_linear
@@ -97,14 +97,42 @@ class Backbone:
             return self.pixels.encode(split.x)
         if not isinstance(split.x, list):
             raise GenboundError("a text model takes a text task (wordnet, .csv/.jsonl), but this task is vision")
-        if split.x and isinstance(split.x[0], tuple):  # sentence pairs: the tokenizer's pair input
-            first, second = [a for a, _ in split.x], [b for _, b in split.x]
-            enc = self.tokenizer(first, second, padding="longest", truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
-        else:
-            enc = self.tokenizer(split.x, padding="longest", truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
-        return dict(enc)
+        return tokenized(self.tokenizer, split.x, self.max_length)
+
+
+def tokenized(tokenizer, texts: list, max_length: int) -> dict[str, torch.Tensor]:
+    """The tokenizer's padded tensors for ``texts`` (strings, or (a, b) pairs: its pair input), kept on disk under
+    <cache>/tokens/ by the sha256 of the tokenizer's own definition, its padding side, the length limit and the
+    texts, so the same split is tokenized once. A cache that cannot be written is passed by."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not getattr(tokenizer, "is_fast", False):  # a slow tokenizer has no definition to hash: tokenize each time
+        return _tokenize(tokenizer, texts, max_length)
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec.pop("truncation", None), spec.pop("padding", None)  # per-call settings, left behind by the last call
+    key = hashlib.sha256(json.dumps([spec, tokenizer.padding_side, list(tokenizer.model_input_names), max_length,
+                                     texts]).encode()).hexdigest()
+    path = cache_dir() / "tokens" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError):
+            pass  # damaged: tokenized afresh below
+    enc = _tokenize(tokenizer, texts, max_length)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors(enc, path)
+    return enc
+
+
+def _tokenize(tokenizer, texts: list, max_length: int) -> dict[str, torch.Tensor]:
+    if texts and isinstance(texts[0], (tuple, list)):  # sentence pairs: the tokenizer's pair input
+        enc = tokenizer([a for a, _ in texts], [b for _, b in texts], padding="longest", truncation=True,
+                        max_length=max_length, return_tensors="pt")
+    else:
+        enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    return dict(enc)
 
 
 def layer_kind(name: str) -> str:

@@ -12,7 +12,6 @@ u_j (one of the top-k of U) is an intruder at threshold eps when max_i |<u_j, u0
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from . import result
+from .files import cache_dir
 from .layers import AdapterLinear, weight_matrix
 from .models import layer_kind
 from .options import opt
@@ -48,10 +48,6 @@ def updates(model: torch.nn.Module, init: torch.nn.Module, names: list[str]) -> 
             w0 = weight_matrix(init.get_submodule(name)).detach().to(mod.weight.device)  # n x m (Conv1D: W^T)
             out.append(Matrix(name, w0, Update.dense(weight_matrix(mod).detach() - w0)))
     return out
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GENBOUND_CACHE") or Path.home() / ".cache" / "genbound")
 
 
 class SvdCache:
