@@ -25,7 +25,7 @@ from test_regression import TASKS
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 MLP = dict(model="mlp", hidden=[16, 12], rank=2, alpha=4, steps=30, eval_samples=20, lr=1e-2, n_train=301, n_test=149)
-TIMES = {"wall_seconds", "seconds", "timing", "phases", "peak_gpu_memory_bytes"}  # clocks and memory: not numbers of the analysis
+TIMES = {"wall_seconds", "seconds", "timing", "phases", "peak_gpu_memory_bytes"}  # clocks and memory, not results
 
 
 def patched_load_task(name, **kw):
