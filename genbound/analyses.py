@@ -19,8 +19,13 @@ Adding an analysis = one module + one line below; cli.py and study.py need no ed
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from .errors import GenboundError
@@ -87,9 +92,6 @@ def analyse(loaded, name: str, progress: bool = False, **options):
 # of the sha256 of its options as canonical JSON), so results with other options are never lost.
 def options_key(options: dict) -> str:
     """8 hex digits that name a set of options (canonical JSON: sorted keys, no inf or nan)."""
-    import hashlib
-    import json
-
     from .files import finite_json
 
     def plain(v):  # 16 and 16.0 (a study file's and the command line's) are one option
@@ -103,8 +105,6 @@ def options_key(options: dict) -> str:
 
 
 def _read(path):
-    import json
-
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -112,37 +112,34 @@ def _read(path):
     return data if isinstance(data, dict) else None
 
 
-def stored_results(ckpt, name: str) -> list[tuple]:
+def stored_results(ckpt, name: str) -> Iterator[tuple]:
     """(path, result) of every stored result of analysis ``name`` in ckpt/analysis, the latest (NAME.json) first,
-    then the kept ones newest first, one per set of options."""
-    from pathlib import Path
-
+    then the kept ones newest first, one per set of options; read one at a time, so a search stops at its match."""
     folder = Path(ckpt) / "analysis"
     if not folder.is_dir():
-        return []
+        return
     kept = sorted(folder.glob(f"{name}-" + "[0-9a-f]" * 8 + ".json"), key=lambda p: -p.stat().st_mtime_ns)
-    paths = [folder / f"{name}.json", *kept]  # the kept ones newest first
-    out, seen = [], set()
-    for path in paths:
+    seen = set()
+    for path in [folder / f"{name}.json", *kept]:
         data = _read(path) if path.is_file() else None
         key = options_key(data.get("options")) if data is not None else None
         if data is not None and key not in seen:
             seen.add(key)
-            out.append((path, data))
-    return out
+            yield path, data
+
+
+def comparable(value):
+    """An option's value as compared: a list (JSON's) as a tuple (a dataclass default's), so they compare equal."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def options_differ(options, stored: dict) -> list[str]:
     """'option: stored -> asked' for each option (of an options object) that the stored result was computed with
     differently (an option the result does not record counts as its default)."""
-    import dataclasses
-
     defaults = dataclasses.asdict(type(options)())
-    asked = dataclasses.asdict(options)
+    asked = {k: comparable(v) for k, v in dataclasses.asdict(options).items()}
     recorded = stored.get("options") or {}
-    have = {k: recorded.get(k, defaults[k]) for k in asked}
-    have = {k: (tuple(v) if isinstance(v, list) else v) for k, v in have.items()}
-    asked = {k: (tuple(v) if isinstance(v, list) else v) for k, v in asked.items()}
+    have = {k: comparable(recorded.get(k, defaults[k])) for k in asked}
     return [f"{k} {have[k]!r} -> {asked[k]!r}" for k in asked if have[k] != asked[k]]
 
 
@@ -159,8 +156,6 @@ def store_result(ckpt, name: str, result: dict):
     """Store ``result`` (a Result's JSON) as ckpt/analysis/NAME.json, the latest; a result with other options
     already there is kept as NAME-KEY.json first (its file copied, date and all). Returns the path written.
     Raises OSError where the folder cannot be written."""
-    from pathlib import Path
-
     from .files import atomic_copy, write_json
 
     folder = Path(ckpt) / "analysis"

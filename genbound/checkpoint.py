@@ -366,14 +366,17 @@ def check_subspace(ckpt: Path, man: dict, tensors: dict[str, torch.Tensor], task
 
 
 def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None = None,
-         data: str | None = None, examples: bool = True) -> Loaded:
+         data: str | None = None, examples: bool = True, keep_initial: bool = True) -> Loaded:
     """Rebuild the fine-tuned model of a checkpoint (eval mode, on ``device``) with its task's data.
 
     Verifies adapter.safetensors against the manifest's sha256 and the data against its fingerprints.
     ``base`` points at the base model when it has moved (its sha256 must still match); ``data`` evaluates on
     another task on purpose (recorded in ``Loaded.data``). ``examples`` False (an analysis that reads only the
     weights): the task's examples are not loaded where the manifest says enough to build the model
-    (``task_without_examples``; ``Loaded.data["loaded"]`` is then False); the weights are verified all the same."""
+    (``task_without_examples``; ``Loaded.data["loaded"]`` is then False); the weights are verified all the same.
+    ``keep_initial`` (for an analysis that asks for ``Loaded.initial()``): a CPU copy of the trained tensors'
+    step-0 values is kept, so the model before training is made without reading the base again; without it
+    (the whole model's size for full fine-tuning) ``initial()`` rebuilds from the manifest."""
     ckpt = Path(ckpt)
     man = read_manifest(ckpt)
     verify_file(ckpt, man, ADAPTER)
@@ -396,7 +399,7 @@ def load(ckpt: str | Path, device: str | torch.device = "cpu", base: str | None 
             tensors = load_file(str(ckpt / ADAPTER))
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{ckpt / ADAPTER} is missing or corrupt ({str(err).splitlines()[0]})") from None
-        step0 = {k: v.clone() for k, v in adapter_state(built.model).items()}  # for initial(), on the CPU
+        step0 = {k: v.clone() for k, v in adapter_state(built.model).items()} if keep_initial else None
         assign_state(built.model, tensors, str(ckpt / ADAPTER))
         for name, t in tensors.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -142,7 +142,8 @@ def cmd_import_peft(args: argparse.Namespace) -> None:
 
 
 # ---- analyses ----------------------------------------------------------------------------------------------
-def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None, examples: bool = True):
+def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None, examples: bool = True,
+                      keep_initial: bool = True):
     """The checkpoint (or PEFT folder, imported) loaded for an analysis, with --base and --data applied, on this
     rank's device (its LOCAL_RANK GPU under torchrun). With ``ranks`` rank 0 alone resolves the folder (a PEFT
     folder is imported once) and tells the others, or raises its error on every rank."""
@@ -163,7 +164,8 @@ def load_for_analysis(ckpt: str, args: argparse.Namespace, ranks=None, examples:
     else:
         path, is_peft = resolve_ckpt(ckpt, args)
     device = distributed.device_of(distributed.context(), args.device)
-    return load(path, device=device, base=args.base, data=None if is_peft else args.data, examples=examples)
+    return load(path, device=device, base=args.base, data=None if is_peft else args.data, examples=examples,
+                keep_initial=keep_initial)
 
 
 def resolve_ckpt(ckpt: str, args: argparse.Namespace) -> tuple[str, bool]:
@@ -243,7 +245,8 @@ def _analyse(mod, options, args: argparse.Namespace, ranks) -> None:
     results = {}
     for ckpt in args.ckpt:
         with timing.phase("load"):  # checkpoint.load records its "data" and "model" phases within
-            loaded = load_for_analysis(ckpt, args, ranks, examples=getattr(mod, "NEEDS_EXAMPLES", True))
+            loaded = load_for_analysis(ckpt, args, ranks, examples=getattr(mod, "NEEDS_EXAMPLES", True),
+                                       keep_initial=getattr(mod, "USES_INITIAL", True))
         path = str(loaded.path)
         try:
             timing.reset_gpu_peak(loaded.device)

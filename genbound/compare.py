@@ -14,6 +14,7 @@ gives an interval for tau.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
-from .analyses import ANALYSES, find_stored, get_analysis
+from .analyses import ANALYSES, comparable, find_stored, get_analysis
 from .errors import GenboundError
 
 AXES = ("method", "rank", "seed")
@@ -119,8 +120,6 @@ def bounded_loss(comp: dict) -> dict:
 
 def _shown_options(name: str, options: dict | None) -> str:
     """The options of a stored result that differ from the analysis's defaults, e.g. 'top_k 5, samples 512'."""
-    import dataclasses
-
     defaults = dataclasses.asdict(get_analysis(name).load().Options())
 
     def text(v) -> str:
@@ -129,8 +128,7 @@ def _shown_options(name: str, options: dict | None) -> str:
         return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
     differ = [f"{k} {text(v)}" for k, v in (options or {}).items()
-              if k in defaults and (tuple(v) if isinstance(v, list) else v)
-              != (tuple(defaults[k]) if isinstance(defaults[k], list) else defaults[k])]
+              if k in defaults and comparable(v) != comparable(defaults[k])]
     return ", ".join(differ) or "default options"
 
 

@@ -399,7 +399,9 @@ def render(r: dict) -> str:
     if "compress" in r:
         c = r["compress"]
         what = " (the subspace coordinates z)" if c.get("coded") == "subspace" else ""
-        picked = ("best" if c.get("choice", "the lowest bound") == "the lowest bound"
+        from .occam import LOWEST_BOUND
+
+        picked = ("best" if c.get("choice", LOWEST_BOUND) == LOWEST_BOUND
                   else "every bound vacuous, so the lowest quantized train error:")
         lines += [f"compression (Occam, delta={c['delta']}): {picked} {c['scheme']} {c['bits']}-bit code of "
                   f"{c['numbers']:,} numbers{what} = "

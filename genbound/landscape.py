@@ -556,6 +556,7 @@ def run(loaded: Loaded, options: LandscapeOptions, progress: bool = False, ranks
     return Result(landscape_analysis(loaded, options, ckpt=loaded.path, ranks=ranks, progress=progress))
 
 
+USES_INITIAL = False  # never asks for the model before training: its load keeps no step-0 copy
 OUTPUTS = [("out", "--out", "prefix")]
 
 

@@ -109,10 +109,8 @@ def tokenized(tokenizer, texts: list, max_length: int) -> dict[str, torch.Tensor
 
     if not getattr(tokenizer, "is_fast", False):  # a slow tokenizer has no definition to hash: tokenize each time
         return _tokenize(tokenizer, texts, max_length)
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    spec.pop("truncation", None), spec.pop("padding", None)  # per-call settings, left behind by the last call
-    key = hashlib.sha256(json.dumps([spec, tokenizer.padding_side, list(tokenizer.model_input_names), max_length,
-                                     texts]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([_definition_sha256(tokenizer), tokenizer.padding_side,
+                                     list(tokenizer.model_input_names), max_length, texts]).encode()).hexdigest()
     path = cache_dir() / "tokens" / f"{key}.safetensors"
     if path.is_file():
         try:
@@ -124,6 +122,19 @@ def tokenized(tokenizer, texts: list, max_length: int) -> dict[str, torch.Tensor
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors(enc, path)
     return enc
+
+
+def _definition_sha256(tokenizer) -> str:
+    """sha256 of a fast tokenizer's definition without its per-call truncation and padding settings (which a call
+    leaves behind), worked out once per tokenizer (a train and a test split share it)."""
+    cached = getattr(tokenizer, "_genbound_definition", None)
+    if cached is None:
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        cached = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        tokenizer._genbound_definition = cached
+    return cached
 
 
 def _tokenize(tokenizer, texts: list, max_length: int) -> dict[str, torch.Tensor]:

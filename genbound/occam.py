@@ -199,6 +199,7 @@ class InSubspace:
 
 
 VACUOUS = 1.0 - 1e-9  # an Occam bound this high says nothing about the test error
+LOWEST_BOUND = "the lowest bound"  # compress["choice"] when some bound says something
 
 
 def choose(tried: list[dict]) -> tuple[dict, str]:
@@ -208,7 +209,7 @@ def choose(tried: list[dict]) -> tuple[dict, str]:
     if all(r["occam_bound"] >= VACUOUS for r in tried):
         return (min(tried, key=lambda r: (r["train_err_q"], r["code_bits"])),
                 "every bound is vacuous: the lowest quantized train error")
-    return min(tried, key=lambda r: (r["occam_bound"], r["train_err_q"])), "the lowest bound"
+    return min(tried, key=lambda r: (r["occam_bound"], r["train_err_q"])), LOWEST_BOUND
 
 
 def compression(loaded: Loaded, init: Built, inputs: dict, ys: dict, opts, ranks=None) -> dict:

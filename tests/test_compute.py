@@ -135,6 +135,17 @@ def test_initial_model_of_text_models_equals_a_fresh_build(tmp_path, model, meth
         torch.testing.assert_close(init.model(**batch).logits, fresh.model.eval()(**batch).logits, rtol=0, atol=0)
 
 
+def test_a_load_without_the_step0_copy_rebuilds_the_same_initial_model(ckpts):
+    """hessian and landscape load without the copy (USES_INITIAL = False): initial() then builds afresh, equal."""
+    from genbound import hessian, landscape
+
+    assert hessian.USES_INITIAL is False and landscape.USES_INITIAL is False
+    for method in ("full", "cola"):
+        loaded = checkpoint.load(ckpts / method, keep_initial=False)
+        assert loaded._step0 is None
+        same_as_a_fresh_build(loaded.initial(), checkpoint.build_from_manifest(loaded.manifest, loaded.task))
+
+
 def test_measured_numbers_and_the_paper_term(ckpts):
     loaded = checkpoint.load(ckpts / "cla")
     r = compute(loaded, ComputeOptions(loss="ce", smoothing=0.1, bits=16))

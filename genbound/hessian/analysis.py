@@ -353,6 +353,7 @@ def run(loaded: Loaded, options: HessianOptions, progress: bool = False, ranks=N
     return Result(hessian_analysis(loaded, options, progress=progress, ranks=ranks))
 
 
+USES_INITIAL = False  # never asks for the model before training: its load keeps no step-0 copy
 OUTPUTS = [("plot", "--plot", "file")]
 
 
